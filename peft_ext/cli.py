@@ -1,0 +1,38 @@
+"""The ``peft-ext`` command. Other packages add subcommands through the ``peft_ext.cli`` entry-point group
+(the ``hub`` package adds ``peft-ext hub ...``), so peft_ext never imports them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from .errors import PeftExtError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import demo
+
+    parser = argparse.ArgumentParser(prog="peft-ext", description="Soft prompts as shareable PEFT adapters.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo.register(commands)
+    for entry_point in entry_points(group="peft_ext.cli"):
+        entry_point.load()(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except PeftExtError as error:
+        # A user error: one line that says what to do, no traceback.
+        print(f"peft-ext: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peft-ext: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

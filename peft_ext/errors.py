@@ -1,0 +1,71 @@
+"""Every named exception of ``peft_ext``.
+
+All derive from :class:`PeftExtError`, so ``except PeftExtError`` catches any user-facing problem; each also derives
+from the built-in type a caller would naturally expect (``ValueError``, ``KeyError``, ...), so code written against
+plain PEFT keeps working. Messages say what was wrong, with which value, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class PeftExtError(Exception):
+    """Base class of every error raised by peft_ext."""
+
+
+class UnsupportedPeftVersionError(PeftExtError, ImportError):
+    """The installed peft is outside the range whose internals peft_ext was tested against."""
+
+
+class UnknownInitError(PeftExtError, ValueError):
+    """``SoftPromptConfig.init`` (or another strategy field) names no known strategy."""
+
+
+class InvalidConfigError(PeftExtError, ValueError):
+    """A ``SoftPromptConfig`` field has a value that cannot work (missing text, bad anchor count, ...)."""
+
+
+class EmptyInitTextError(PeftExtError, ValueError):
+    """The init text tokenises to no tokens at all."""
+
+
+class InitTextLengthError(PeftExtError, ValueError):
+    """The init text's token count does not fit ``num_virtual_tokens`` under the chosen length policy."""
+
+
+class TokenizerNotAvailableError(PeftExtError, ValueError):
+    """A text or label init needs a tokenizer object or a local tokenizer folder, and none was given."""
+
+
+class MissingLabelWordsError(PeftExtError, ValueError):
+    """A ``labels`` init was asked for without label words, or a label word tokenises to nothing."""
+
+
+class HiddenSizeMismatchError(PeftExtError, ValueError):
+    """A soft prompt's width differs from the base model's hidden size."""
+
+
+class NonFiniteValueError(PeftExtError, ValueError):
+    """A soft prompt (or a tensor meant to become one) contains NaN or Inf."""
+
+
+class UnsupportedModelError(PeftExtError, ValueError):
+    """The base model or task type is not one peft_ext supports."""
+
+
+class AdapterNotFoundError(PeftExtError, KeyError):
+    """An adapter name (or path) that is not loaded or does not exist."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterLoadError(PeftExtError, ValueError):
+    """An adapter folder or file that cannot be read as a soft prompt (format, pickle refused, ...)."""
+
+
+class BaseModelLoadError(PeftExtError, OSError):
+    """The base model could not be found, converted or loaded."""
+
+
+class DatasetError(PeftExtError, ValueError):
+    """A training data file that is empty, has no text column, or cannot be decoded."""

@@ -1,0 +1,105 @@
+"""Keys/values of soft prompts, computed once per prompt and reused by every request that uses it.
+
+A prompt's keys/values depend only on the prompt (causal attention, prompt at positions 0..n-1), so they can be
+computed alone and stacked into any batch. They are 7-48x larger than the prompt itself, so the cache is bounded in
+bytes and evicts the least recently used prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape [1, heads, n, head_dim]
+
+DEFAULT_MAX_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class KVCacheStats:
+    entries: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+
+
+def compute_prompt_kv(model: Any, prompt: torch.Tensor) -> LayerKV:
+    """Run the prompt alone at positions 0..n-1 and keep its per-layer keys/values."""
+    device = model.get_input_embeddings().weight.device
+    dtype = model.get_input_embeddings().weight.dtype
+    embeds = prompt.detach().to(device=device, dtype=dtype)[None]
+    positions = torch.arange(prompt.shape[0], device=device)[None]
+    with torch.no_grad():
+        output = model(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+    return [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+
+
+def kv_bytes(kv: LayerKV) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+
+class PromptKVCache:
+    """Least-recently-used store of prompt keys/values, bounded by ``max_bytes``; safe to share across threads.
+
+    Entries are found by a caller-chosen key that must change whenever the prompt does (e.g. name + load count).
+    A key of ``None`` computes without storing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, LayerKV] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._evictions = 0
+
+    def get(self, model: Any, key: Hashable | None, prompt: torch.Tensor) -> LayerKV:
+        if key is not None:
+            with self._lock:
+                found = self._entries.get(key)
+                if found is not None:
+                    self._entries.move_to_end(key)
+                    self._hits += 1
+                    return found
+                self._misses += 1
+        kv = compute_prompt_kv(model, prompt)
+        if key is not None:
+            self._store(key, kv)
+        return kv
+
+    def _store(self, key: Hashable, kv: LayerKV) -> None:
+        size = kv_bytes(kv)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            while self._entries and self._bytes + size > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= kv_bytes(evicted)
+                self._evictions += 1
+            self._entries[key] = kv
+            self._bytes += size
+
+    def discard(self, matches: Any) -> None:
+        """Drop every entry whose key satisfies ``matches(key)`` (e.g. all keys of a removed adapter)."""
+        with self._lock:
+            for key in [k for k in self._entries if matches(k)]:
+                self._bytes -= kv_bytes(self._entries.pop(key))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def stats(self) -> KVCacheStats:
+        with self._lock:
+            return KVCacheStats(
+                len(self._entries), self._bytes, self.max_bytes, self._hits, self._misses, self._evictions
+            )

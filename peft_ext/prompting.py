@@ -1,0 +1,203 @@
+"""Running a frozen model with a (possibly different) soft prompt per row.
+
+This is the one path every prompted forward and generate takes, whether it comes from a ``PeftModel`` or from
+``MultiPromptModel``. Each row is laid out as ``[masked filler][its prompt][its text]``, prompts right-aligned to the
+longest one, and positions come from the attention mask: the prompt sits at positions 0..n-1 and the text starts at
+n, whatever the padding. So a row's output does not depend on its padding or on the other rows (PEFT #1093).
+
+With a ``PromptKVCache`` the prompt part is not run at all: each prompt's keys/values, computed once alone at
+positions 0..n-1, are stacked into the batch's cache. Under causal attention this is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .errors import UnsupportedModelError
+from .kv_cache import LayerKV, PromptKVCache
+
+RowPrompts = Sequence[torch.Tensor | None]
+
+
+@dataclass
+class PromptedInputs:
+    """Embeddings, mask, positions and labels of a batch with every row's prompt prepended."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    prefix_length: int
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the attended tokens of each row (masked slots get 0, which nothing reads)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prefix_mask(prompts: RowPrompts, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The ``[batch, longest prompt]`` mask of the right-aligned prompt block, and that length."""
+    lengths = [0 if p is None else p.shape[0] for p in prompts]
+    longest = max(lengths, default=0)
+    columns = torch.arange(longest, device=device)
+    starts = torch.tensor([longest - n for n in lengths], device=device)
+    return (columns[None, :] >= starts[:, None]).long(), longest
+
+
+def prepend_prompts(
+    prompts: RowPrompts,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> PromptedInputs:
+    """Lay out ``[filler][prompt_i][text_i]`` for every row; gradients flow into each row's own prompt only."""
+    batch, _, hidden = inputs_embeds.shape
+    if len(prompts) != batch:
+        raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row (None for none).")
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    block_mask, longest = prefix_mask(prompts, device)
+    rows = []
+    for prompt in prompts:
+        length = 0 if prompt is None else prompt.shape[0]
+        filler = inputs_embeds.new_zeros(longest - length, hidden)
+        rows.append(filler if prompt is None else torch.cat([filler, prompt.to(device=device, dtype=dtype)]))
+    block = torch.stack(rows) if longest else inputs_embeds.new_zeros(batch, 0, hidden)
+    text_mask = attention_mask if attention_mask is not None else inputs_embeds.new_ones(inputs_embeds.shape[:2])
+    mask = torch.cat([block_mask, text_mask.long().to(device)], dim=1)
+    if labels is not None:
+        labels = torch.cat([labels.new_full((batch, longest), -100), labels], dim=1)
+    return PromptedInputs(
+        inputs_embeds=torch.cat([block, inputs_embeds], dim=1),
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+        labels=labels,
+        prefix_length=longest,
+    )
+
+
+def forward_with_prompts(
+    model: Any,
+    prompts: RowPrompts,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``model`` with the prompts in the input embeddings (differentiable: the training path).
+
+    Logits cover the prompt block too, as PEFT's do: the text's logits start at the longest prompt's length.
+    """
+    if inputs_embeds is None:
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+    batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
+    kwargs.pop("position_ids", None)  # replaced: positions must count from each row's prompt
+    return model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        labels=batch.labels,
+        **kwargs,
+    )
+
+
+def _require_decoder_only(model: Any) -> None:
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is an encoder-decoder model; peft_ext serves soft prompts on decoder-only "
+            "(causal LM) models."
+        )
+
+
+def _stack_right_aligned(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack ``[1, heads, n_i, dim]`` tensors into ``[batch, heads, length, dim]``, zero-filled on the left."""
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, length - t.shape[2], 0)) for t in tensors])
+
+
+def batch_prompt_cache(model: Any, per_row: Sequence[LayerKV | None], longest: int) -> DynamicCache:
+    """Stack per-prompt keys/values, right-aligned like the prompts, into one cache for the batch."""
+    template = next(kv for kv in per_row if kv is not None)
+    cache = DynamicCache(config=model.config)
+    for layer, (template_keys, _) in enumerate(template):
+        empty = template_keys[:, :, :0]
+        keys = [empty if kv is None else kv[layer][0] for kv in per_row]
+        values = [empty if kv is None else kv[layer][1] for kv in per_row]
+        cache.update(_stack_right_aligned(keys, longest), _stack_right_aligned(values, longest), layer)
+    return cache
+
+
+def _cached_prefix(
+    model: Any, prompts: RowPrompts, keys: Sequence[Any] | None, kv_cache: PromptKVCache | None, device: torch.device
+) -> tuple[DynamicCache | None, torch.Tensor, int]:
+    _require_decoder_only(model)
+    mask, longest = prefix_mask(prompts, device)
+    if not longest:
+        return None, mask, 0
+    store = kv_cache if kv_cache is not None else PromptKVCache(max_bytes=0)
+    row_keys = keys if keys is not None else [None] * len(prompts)
+    per_row = [None if p is None else store.get(model, k, p) for p, k in zip(prompts, row_keys, strict=True)]
+    return batch_prompt_cache(model, per_row, longest), mask, longest
+
+
+@torch.no_grad()
+def cached_forward(
+    model: Any,
+    prompts: RowPrompts,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    keys: Sequence[Any] | None = None,
+    kv_cache: PromptKVCache | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Inference forward reusing each prompt's cached keys/values; logits cover the text tokens only."""
+    cache, block_mask, _ = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
+    text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    mask = torch.cat([block_mask, text_mask.long()], dim=1)
+    positions = positions_from_mask(mask)[:, block_mask.shape[1] :]
+    return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, **kwargs)
+
+
+@torch.no_grad()
+def generate_with_prompts(
+    model: Any,
+    prompts: RowPrompts,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    keys: Sequence[Any] | None = None,
+    kv_cache: PromptKVCache | None = None,
+    reuse_kv: bool = True,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """``model.generate`` with a prompt per row; returns ``[batch, text + new tokens]`` like plain ``generate``.
+
+    With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, they enter
+    as input embeddings. Both give the same tokens.
+    """
+    text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    if "max_length" in generate_kwargs:
+        raise ValueError("Pass max_new_tokens, not max_length: the prompt's length would count against max_length.")
+    pad_id = model.generation_config.pad_token_id
+    if pad_id is None:
+        pad_id = model.generation_config.eos_token_id
+        pad_id = pad_id[0] if isinstance(pad_id, list) else pad_id
+        generate_kwargs.setdefault("pad_token_id", pad_id)
+    filler = 0 if pad_id is None else int(pad_id)
+    if reuse_kv:
+        cache, block_mask, longest = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
+        ids = torch.cat([input_ids.new_full((input_ids.shape[0], longest), filler), input_ids], dim=1)
+        mask = torch.cat([block_mask, text_mask.long()], dim=1)
+        output = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+        return output[:, longest:]
+    _require_decoder_only(model)
+    batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)
+    longest = batch.prefix_length
+    ids = torch.cat([input_ids.new_full((input_ids.shape[0], longest), filler), input_ids], dim=1)
+    output = model.generate(
+        input_ids=ids, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs
+    )
+    return output[:, longest:]

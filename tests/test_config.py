@@ -1,0 +1,208 @@
+"""SoftPromptConfig strategies: inits, length policies, anchors, and a named error for each bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from peft import get_peft_model
+
+from peft_ext import SoftPromptConfig
+from peft_ext.errors import (
+    EmptyInitTextError,
+    HiddenSizeMismatchError,
+    InitTextLengthError,
+    InvalidConfigError,
+    MissingLabelWordsError,
+    NonFiniteValueError,
+    TokenizerNotAvailableError,
+    UnknownInitError,
+)
+
+TEXT = "i want you to act as a coach"  # 8 words, one token each in the tiny tokenizer
+
+
+def _prompt_of(config):
+    model = get_peft_model(make_model(), config)
+    return model, model.prompt_encoder["default"].prompt().detach()
+
+
+def _embeddings(model, ids):
+    return model.get_base_model().get_input_embeddings().weight.detach()[torch.tensor(ids)]
+
+
+def _text_config(tokenizer, **kwargs):
+    return SoftPromptConfig(task_type="CAUSAL_LM", init="text", init_text=TEXT, tokenizer=tokenizer, **kwargs)
+
+
+def test_text_init_uses_text_embeddings(tiny_tokenizer):
+    model, prompt = _prompt_of(_text_config(tiny_tokenizer, num_virtual_tokens=8))
+    ids = tiny_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(prompt, _embeddings(model, ids))
+
+
+@pytest.mark.parametrize(
+    ("policy", "length", "expected"),
+    [
+        ("repeat", 11, lambda ids: (ids * 2)[:11]),
+        ("truncate", 5, lambda ids: ids[:5]),
+        ("exact", None, lambda ids: ids),
+        ("exact", 3, lambda ids: ids),
+    ],
+)
+def test_length_policies(tiny_tokenizer, policy, length, expected):
+    config = _text_config(tiny_tokenizer, num_virtual_tokens=length, text_length_policy=policy)
+    ids = tiny_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert config.init_token_ids == expected(ids)
+    assert config.num_virtual_tokens == len(expected(ids))
+
+
+def test_pad_policy_fills_with_seeded_vocab(tiny_tokenizer):
+    first = _text_config(tiny_tokenizer, num_virtual_tokens=12, text_length_policy="pad", init_seed=3)
+    again = _text_config(tiny_tokenizer, num_virtual_tokens=12, text_length_policy="pad", init_seed=3)
+    ids = tiny_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert first.init_token_ids[:8] == ids and len(first.init_token_ids) == 12
+    assert first.init_token_ids == again.init_token_ids
+
+
+def test_length_mismatch_without_policy_is_never_silent(tiny_tokenizer):
+    with pytest.raises(InitTextLengthError, match="text_length_policy"):
+        _text_config(tiny_tokenizer, num_virtual_tokens=5)
+    with pytest.raises(InitTextLengthError, match="only lengthens"):
+        _text_config(tiny_tokenizer, num_virtual_tokens=5, text_length_policy="pad")
+    with pytest.raises(InitTextLengthError, match="only shortens"):
+        _text_config(tiny_tokenizer, num_virtual_tokens=12, text_length_policy="truncate")
+
+
+def test_text_init_from_local_tokenizer_folder(tiny_tokenizer, tmp_path):
+    tiny_tokenizer.save_pretrained(tmp_path)
+    config = _text_config(str(tmp_path), num_virtual_tokens=8)
+    assert config.tokenizer_name_or_path == str(tmp_path)
+    assert config.init_token_ids == tiny_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+
+
+def test_missing_tokenizer_folder_is_not_fetched(tmp_path):
+    with pytest.raises(TokenizerNotAvailableError, match="never downloads"):
+        _text_config("some-org/some-model", num_virtual_tokens=8)
+
+
+def test_text_init_without_tokenizer():
+    with pytest.raises(TokenizerNotAvailableError):
+        SoftPromptConfig(task_type="CAUSAL_LM", init="text", init_text=TEXT, num_virtual_tokens=8)
+
+
+def test_empty_text(tiny_tokenizer):
+    with pytest.raises(EmptyInitTextError):
+        _text_config(tiny_tokenizer, num_virtual_tokens=8).__class__(
+            task_type="CAUSAL_LM", init="text", init_text="   ", tokenizer=tiny_tokenizer, num_virtual_tokens=3
+        )
+
+
+def test_vocab_init_records_its_ids():
+    model, prompt = _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, init="vocab", init_seed=1))
+    ids = model.peft_config["default"].init_token_ids
+    assert len(ids) == 6
+    torch.testing.assert_close(prompt, _embeddings(model, ids))
+
+
+def test_random_init_is_at_embedding_scale():
+    model, prompt = _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=50, init_seed=0))
+    scale = model.get_base_model().get_input_embeddings().weight.std()
+    assert 0.5 < float(prompt.std() / scale) < 2.0
+
+
+def test_labels_init_averages_sub_tokens(tiny_tokenizer):
+    config = SoftPromptConfig(
+        task_type="CAUSAL_LM",
+        init="labels",
+        label_words=["positive", "bad good"],
+        tokenizer=tiny_tokenizer,
+        num_virtual_tokens=4,
+        init_seed=0,
+    )
+    model, prompt = _prompt_of(config)
+    ids = [tiny_tokenizer(w, add_special_tokens=False)["input_ids"] for w in ["positive", "bad good"]]
+    torch.testing.assert_close(prompt[0], _embeddings(model, ids[0]).mean(0))
+    torch.testing.assert_close(prompt[1], _embeddings(model, ids[1]).mean(0))
+    assert prompt.shape == (4, 32)
+
+
+def test_labels_errors(tiny_tokenizer):
+    with pytest.raises(InvalidConfigError, match="label_words"):
+        SoftPromptConfig(task_type="CAUSAL_LM", init="labels", num_virtual_tokens=3)
+    with pytest.raises(MissingLabelWordsError, match="tokenises to no tokens"):
+        SoftPromptConfig(
+            task_type="CAUSAL_LM",
+            init="labels",
+            label_words=["good", ""],
+            tokenizer=tiny_tokenizer,
+            num_virtual_tokens=3,
+        )
+
+
+def test_adapter_init_transfers_a_prompt(tmp_path):
+    source = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, init_seed=4))
+    source.save_pretrained(tmp_path)
+    config = SoftPromptConfig(task_type="CAUSAL_LM", init="adapter", init_adapter=str(tmp_path))
+    assert config.num_virtual_tokens == 5
+    _, prompt = _prompt_of(config)
+    torch.testing.assert_close(prompt, source.prompt_encoder["default"].prompt().detach())
+
+
+def test_adapter_init_refuses_other_width(tmp_path):
+    wide = torch.nn.Embedding(64, 48)
+    source = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    source.save_pretrained(tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"prompt_embeddings": wide.weight.detach()[:5].clone()}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(HiddenSizeMismatchError, match="48"):
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="adapter", init_adapter=str(tmp_path)))
+    save_file({"prompt_embeddings": torch.full((5, 32), float("nan"))}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(NonFiniteValueError):
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="adapter", init_adapter=str(tmp_path)))
+
+
+@pytest.mark.parametrize("reparameterization", ["direct", "mlp", "lstm", "residual"])
+def test_anchor_tokens_stay_fixed(tiny_tokenizer, reparameterization):
+    config = _text_config(
+        tiny_tokenizer, num_virtual_tokens=8, num_anchor_tokens=3, reparameterization=reparameterization
+    )
+    model = get_peft_model(make_model(), config)
+    encoder = model.prompt_encoder["default"]
+    anchors = encoder.anchor_values.clone()
+    ids = torch.tensor([[5, 6, 7]])
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=1.0)
+    before = encoder.prompt().detach().clone()
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = encoder.prompt().detach()
+    torch.testing.assert_close(after[:3], anchors)
+    torch.testing.assert_close(anchors, _embeddings(model, config.init_token_ids[:3]))
+    assert (after[3:] - before[3:]).abs().max() > 1e-4
+
+
+def test_residual_starts_at_its_init(tiny_tokenizer):
+    model, prompt = _prompt_of(_text_config(tiny_tokenizer, num_virtual_tokens=8, reparameterization="residual"))
+    torch.testing.assert_close(prompt, _embeddings(model, model.peft_config["default"].init_token_ids))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"init": "zeros"}, UnknownInitError),
+        ({"reparameterization": "transformer"}, UnknownInitError),
+        ({"text_length_policy": "stretch"}, UnknownInitError),
+        ({"num_anchor_tokens": -1}, InvalidConfigError),
+        ({"num_anchor_tokens": 9}, InvalidConfigError),
+        ({"num_virtual_tokens": 0}, InvalidConfigError),
+        ({"num_virtual_tokens": None}, InvalidConfigError),
+        ({"init": "adapter"}, InvalidConfigError),
+    ],
+)
+def test_bad_fields_raise_named_errors(kwargs, error):
+    arguments = {"task_type": "CAUSAL_LM", "num_virtual_tokens": 8, **kwargs}
+    with pytest.raises(error):
+        SoftPromptConfig(**arguments)

@@ -1,0 +1,119 @@
+"""The contract of mixed batches: every row equals the same request run alone with its adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from peft import PromptTuningConfig, get_peft_model
+
+import peft_ext
+from peft_ext import BASE_ADAPTER, SoftPromptConfig
+
+LENGTHS = {"a": 3, "b": 7, "c": 5}
+
+
+def _model_with_adapters(family: str, stock: bool = False):
+    base = make_model(family)
+    model = None
+    for index, (name, length) in enumerate(LENGTHS.items()):
+        if stock:
+            config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length)
+        else:
+            config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, init="vocab", init_seed=index)
+        if model is None:
+            model = get_peft_model(base, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+    with torch.no_grad():  # distinct, clearly non-trivial prompts
+        for index, name in enumerate(LENGTHS):
+            weight = model.prompt_encoder[name].embedding.weight
+            weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(index)) * 0.5)
+    return model.eval()
+
+
+def _batch():
+    # Left padded, three texts of different lengths.
+    input_ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14], [0, 0, 0, 15, 16, 17]])
+    mask = (input_ids != 0).long()
+    return input_ids, mask
+
+
+def _alone(input_ids, mask, row):
+    keep = mask[row].bool()
+    return input_ids[row][keep][None]
+
+
+ROW_ADAPTERS = ["b", "a", BASE_ADAPTER]
+
+
+@pytest.mark.parametrize("stock", [False, True], ids=["soft_prompt", "stock_prompt_tuning"])
+def test_forward_rows_equal_alone(family, stock):
+    model = _model_with_adapters(family, stock)
+    input_ids, mask = _batch()
+    with torch.no_grad():
+        mixed = model(input_ids=input_ids, attention_mask=mask, adapter_names=ROW_ADAPTERS).logits
+        for row, name in enumerate(ROW_ADAPTERS):
+            alone_ids = _alone(input_ids, mask, row)
+            alone = model(input_ids=alone_ids, adapter_names=[name]).logits
+            text = alone_ids.shape[1]
+            torch.testing.assert_close(mixed[row, -text:], alone[0, -text:], atol=1e-4, rtol=0)
+
+
+def test_forward_with_adapters_differs_from_base(family):
+    # Guards the test above against prompts that change nothing.
+    model = _model_with_adapters(family)
+    input_ids, mask = _batch()
+    with torch.no_grad():
+        prompted = model(input_ids=input_ids, attention_mask=mask, adapter_names=["a", "a", "a"]).logits
+        bare = model(input_ids=input_ids, attention_mask=mask, adapter_names=[None] * 3).logits
+    assert (prompted[:, -3:] - bare[:, -3:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("reuse_kv", [True, False], ids=["kv_reuse", "recompute"])
+@pytest.mark.parametrize("stock", [False, True], ids=["soft_prompt", "stock_prompt_tuning"])
+def test_generate_rows_equal_alone(family, reuse_kv, stock):
+    model = _model_with_adapters(family, stock)
+    input_ids, mask = _batch()
+    base = model.get_base_model()
+    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
+    mixed = peft_ext.generate_with_prompts(
+        base, prompts, input_ids, mask, reuse_kv=reuse_kv, max_new_tokens=6, min_new_tokens=6, do_sample=False
+    )
+    via_peft = model.generate(
+        input_ids=input_ids, attention_mask=mask, adapter_names=ROW_ADAPTERS, max_new_tokens=6, min_new_tokens=6
+    )
+    assert torch.equal(mixed, via_peft)
+    for row, name in enumerate(ROW_ADAPTERS):
+        alone_ids = _alone(input_ids, mask, row)
+        alone = model.generate(
+            input_ids=alone_ids, adapter_names=[name], max_new_tokens=6, min_new_tokens=6, do_sample=False
+        )
+        assert torch.equal(mixed[row, -6:], alone[0, -6:]), (row, name)
+
+
+def test_cached_forward_matches_recomputed(family):
+    model = _model_with_adapters(family)
+    input_ids, mask = _batch()
+    base = model.get_base_model()
+    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
+    with torch.no_grad():
+        recomputed = peft_ext.forward_with_prompts(base, prompts, input_ids, mask).logits
+    cached = peft_ext.prompting.cached_forward(base, prompts, input_ids, mask).logits
+    attended = mask.bool()  # outputs at padding positions are meaningless on either path
+    torch.testing.assert_close(cached[attended], recomputed[:, -input_ids.shape[1] :][attended], atol=1e-4, rtol=0)
+
+
+def test_generate_reuses_prompt_kv(family):
+    model = _model_with_adapters(family)
+    input_ids, mask = _batch()
+    for _ in range(3):
+        model.generate(input_ids=input_ids, attention_mask=mask, adapter_names=["a", "a", "b"], max_new_tokens=2)
+    stats = model._peft_ext_kv_cache.stats()
+    assert stats.entries == 2 and stats.misses == 2 and stats.hits == 7
+
+
+def test_unknown_adapter_name_is_named_error():
+    model = _model_with_adapters("llama")
+    with pytest.raises(peft_ext.errors.AdapterNotFoundError, match="nope"):
+        model(input_ids=torch.tensor([[5, 6]]), adapter_names=["nope"])

@@ -1,0 +1,154 @@
+"""MultiPromptModel: many prompts on one frozen base, exact per row, thread-safe selection, bounded memory."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import make_model
+from peft import get_peft_model
+
+from peft_ext import MultiPromptModel, SoftPromptConfig, export_prompt_tuning
+from peft_ext.errors import AdapterLoadError, AdapterNotFoundError, HiddenSizeMismatchError, NonFiniteValueError
+
+GENERATE = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+
+
+def _prompt(length: int, seed: int, hidden: int = 32) -> torch.Tensor:
+    return torch.randn(length, hidden, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+
+@pytest.fixture
+def served(family):
+    server = MultiPromptModel(make_model(family))
+    server.add("short", _prompt(2, 0))
+    server.add("long", _prompt(9, 1))
+    return server
+
+
+def _batch():
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 13, 14, 15, 16]])
+    return ids, (ids != 0).long()
+
+
+@pytest.mark.parametrize("reuse_kv", [True, False])
+def test_rows_equal_requests_alone(served, reuse_kv):
+    served.reuse_kv = reuse_kv
+    ids, mask = _batch()
+    adapters = ["long", None, "short"]
+    logits = served(ids, adapters, attention_mask=mask)
+    tokens = served.generate(ids, adapters, attention_mask=mask, **GENERATE)
+    for row, name in enumerate(adapters):
+        alone = ids[row][mask[row].bool()][None]
+        torch.testing.assert_close(logits[row, -alone.shape[1] :], served(alone, [name])[0], atol=1e-4, rtol=0)
+        assert torch.equal(tokens[row, -5:], served.generate(alone, [name], **GENERATE)[0, -5:])
+
+
+def test_kv_is_computed_once_per_prompt(served):
+    ids, mask = _batch()
+    for _ in range(4):
+        served.generate(ids, ["long", "long", "short"], attention_mask=mask, max_new_tokens=1)
+    stats = served.kv_cache_stats()
+    assert (stats.entries, stats.misses, stats.hits) == (2, 2, 10)
+    assert 0 < stats.bytes <= stats.max_bytes
+
+
+def test_kv_cache_is_bounded(family):
+    server = MultiPromptModel(make_model(family))
+    server.add("probe", _prompt(20, 99))
+    server(torch.tensor([[5, 6]]), ["probe"])
+    one_entry = server.kv_cache_stats().bytes
+    server.kv_cache.max_bytes = int(2.5 * one_entry)
+    for index in range(6):
+        server.add(f"p{index}", _prompt(20, index))
+        server(torch.tensor([[5, 6]]), [f"p{index}"])
+    stats = server.kv_cache_stats()
+    assert stats.bytes <= 2.5 * one_entry and stats.evictions > 0 and stats.entries == 2
+
+
+def test_readding_a_name_drops_its_old_keys_values(served):
+    ids = torch.tensor([[5, 6, 7]])
+    before = served(ids, ["short"])
+    served.add("short", _prompt(2, 42))
+    assert (served(ids, ["short"]) - before).abs().max() > 1e-3
+
+
+def test_add_from_folder_peft_model_and_export(tmp_path):
+    base = make_model()
+    peft_model = get_peft_model(base, SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, init_seed=0))
+    peft_model.save_pretrained(tmp_path / "ours")
+    export_prompt_tuning(tmp_path / "ours", tmp_path / "stock")
+    server = MultiPromptModel(base)
+    server.add("folder", tmp_path / "ours")
+    server.add("stock", str(tmp_path / "stock"))
+    server.add("model", peft_model)
+    expected = peft_model.prompt_encoder["default"].prompt().detach()
+    for name in ("folder", "stock", "model"):
+        torch.testing.assert_close(server.prompt(name), expected)
+    assert server.names == ["folder", "stock", "model"]
+    server.remove("stock")
+    assert "stock" not in server and len(server) == 2
+
+
+def test_capacity_evicts_least_recently_used_and_reloads_from_folder(tmp_path):
+    base = make_model()
+    peft_model = get_peft_model(base, SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, init_seed=0))
+    peft_model.save_pretrained(tmp_path)
+    server = MultiPromptModel(base, capacity=2)
+    server.add("disk", tmp_path)
+    server.add("a", _prompt(3, 1))
+    server(torch.tensor([[5]]), ["disk"])  # touch: "a" is now least recently used
+    server.add("b", _prompt(3, 2))
+    assert server.names == ["disk", "b"]
+    with pytest.raises(AdapterNotFoundError, match="'a'"):
+        server(torch.tensor([[5]]), ["a"])
+    server.add("c", _prompt(3, 3))  # evicts "disk", which can come back from its folder
+    assert "disk" not in server.names and "disk" in server
+    server(torch.tensor([[5]]), ["disk"])
+    assert "disk" in server.names and len(server) == 2
+
+
+def test_refuses_bad_prompts(tmp_path):
+    server = MultiPromptModel(make_model())
+    with pytest.raises(HiddenSizeMismatchError, match="hidden size is 32"):
+        server.add("wide", _prompt(3, 0, hidden=48))
+    with pytest.raises(NonFiniteValueError):
+        server.add("nan", torch.full((3, 32), float("inf")))
+    with pytest.raises(AdapterLoadError, match="adapter_config.json"):
+        server.add("empty", tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "SOFT_PROMPT"}')
+    (tmp_path / "adapter_model.bin").write_bytes(b"not even a pickle")
+    with pytest.raises(AdapterLoadError, match="refuses"):
+        server.add("pickle", tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(AdapterLoadError, match="safetensors"):
+        server.add("corrupt", tmp_path)
+    assert server.names == []
+
+
+def test_texts_in_texts_out(tiny_tokenizer):
+    server = MultiPromptModel(make_model(), tiny_tokenizer)
+    server.add("coach", _prompt(4, 0))
+    answers = server.generate(["be kind", "hello world quote"], ["coach", None], max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_concurrent_requests_on_different_prompts(served):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = {name: served.generate(ids, [name], **GENERATE) for name in ("short", "long", None)}
+    failures: list[str] = []
+
+    def client(name, rounds=6):
+        for _ in range(rounds):
+            with served.using(name):
+                got = served.generate(ids, **GENERATE)
+            if not torch.equal(got, expected[name]):
+                failures.append(str(name))
+
+    threads = [threading.Thread(target=client, args=(name,)) for name in ("short", "long", None) * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

@@ -1,0 +1,41 @@
+"""Correct positions under padding: a row's output does not depend on how much it was padded (PEFT #1093)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from peft import get_peft_model
+
+from peft_ext import SoftPromptConfig
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padded_row_equals_row_alone(family, padding_side):
+    model = get_peft_model(
+        make_model(family), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, init_seed=0)
+    )
+    model.eval()
+    text = [5, 6, 7, 8]
+    pads = [0, 0, 0]
+    row = pads + text if padding_side == "left" else text + pads
+    mask = [0] * 3 + [1] * 4 if padding_side == "left" else [1] * 4 + [0] * 3
+    batch = torch.tensor([row, [9, 10, 11, 12, 13, 14, 15]])
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([text])).logits[0, -4:]
+        padded = model(input_ids=batch, attention_mask=torch.tensor([mask, [1] * 7])).logits[0]
+    text_logits = padded[-4:] if padding_side == "left" else padded[5:9]
+    torch.testing.assert_close(text_logits, alone, atol=1e-4, rtol=0)
+
+
+def test_left_padded_generate_equals_alone(family):
+    model = get_peft_model(
+        make_model(family), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, init_seed=0)
+    )
+    model.eval()
+    batch = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15]])
+    mask = (batch != 0).long()
+    kwargs = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+    together = model.generate(input_ids=batch, attention_mask=mask, **kwargs)
+    alone = model.generate(input_ids=torch.tensor([[5, 6, 7, 8]]), **kwargs)
+    assert torch.equal(together[0, -5:], alone[0, -5:])
