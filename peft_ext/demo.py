@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .base_models import load_base_model
     from .config import SoftPromptConfig
-    from .training import train_soft_prompt
+    from .training import train_soft_prompts
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model = get_peft_model(base, config)
     start = time.perf_counter()
-    result = train_soft_prompt(
+    result = train_soft_prompts(
         model, tokenizer, _quotes(64), os.path.join(args.output, "trainer"), max_steps=args.steps
     )
     timings["train"] = time.perf_counter() - start

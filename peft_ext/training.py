@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +18,40 @@ class TrainingResult:
 
 
 class _TextDataset(torch.utils.data.Dataset):
-    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> None:
-        self.rows = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
+    """Tokenised texts, each tagged with the adapter whose prompt it trains."""
+
+    def __init__(self, tokenizer: Any, texts_by_adapter: Mapping[str, Sequence[str]], max_length: int) -> None:
+        self.rows = [
+            (tokenizer(text, truncation=True, max_length=max_length)["input_ids"], name)
+            for name, texts in texts_by_adapter.items()
+            for text in texts
+        ]
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return {"input_ids": self.rows[index]}
+    def __getitem__(self, index: int) -> tuple[list[int], str]:
+        return self.rows[index]
 
 
-def train_soft_prompt(
+class _MixedAdapterCollator:
+    """Pads a batch for causal-LM training and names each row's adapter, so one batch trains several prompts."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import DataCollatorForLanguageModeling
+
+        self.pad = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+    def __call__(self, rows: list[tuple[list[int], str]]) -> dict[str, Any]:
+        batch = self.pad([{"input_ids": ids} for ids, _ in rows])
+        batch["adapter_names"] = [name for _, name in rows]
+        return dict(batch)
+
+
+def train_soft_prompts(
     model: Any,
     tokenizer: Any,
-    texts: Sequence[str],
+    texts: Sequence[str] | Mapping[str, Sequence[str]],
     output_dir: str | os.PathLike,
     *,
     max_steps: int = -1,
@@ -45,15 +65,19 @@ def train_soft_prompt(
     show_progress: bool = True,
     **training_args: Any,
 ) -> TrainingResult:
-    """Train ``model``'s active soft prompt as a causal LM on ``texts``; the base model stays frozen.
+    """Train soft prompts of ``model`` as a causal LM; the base model stays frozen.
 
-    ``output_dir`` receives Trainer checkpoints when ``save_steps`` is set, so an interrupted run resumes with
-    ``resume_from_checkpoint=True``.
+    ``texts`` is a list (trains the active adapter) or ``{adapter_name: texts}``: then batches mix rows of several
+    adapters and each row updates only its own prompt, so several prompts train in one run. ``output_dir`` receives
+    Trainer checkpoints when ``save_steps`` is set, so an interrupted run resumes with ``resume_from_checkpoint``.
     """
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    texts_by_adapter = dict(texts) if isinstance(texts, Mapping) else {model.active_adapter: list(texts)}
+    for name in texts_by_adapter:
+        model.prompt_encoder[name].requires_grad_(True)  # PEFT adds extra adapters frozen
     arguments = TrainingArguments(
         output_dir=os.fspath(output_dir),
         max_steps=max_steps,
@@ -72,8 +96,8 @@ def train_soft_prompt(
     trainer = Trainer(
         model=model,
         args=arguments,
-        train_dataset=_TextDataset(tokenizer, texts, max_length),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length),
+        data_collator=_MixedAdapterCollator(tokenizer),
     )
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
