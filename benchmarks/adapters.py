@@ -57,7 +57,9 @@ def main() -> None:
         names = [f"task{i}" for i in range(100)]
         peft_model = get_peft_model(base, SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=PROMPT_TOKENS))
         for index, name in enumerate(names):
-            peft_model.prompt_encoder["default"].embedding.weight.data.normal_(generator=torch.Generator().manual_seed(index))
+            peft_model.prompt_encoder["default"].embedding.weight.data.normal_(
+                generator=torch.Generator().manual_seed(index)
+            )
             peft_model.save_pretrained(f"{folder}/{name}")
 
         load_seconds, peft_load_seconds, switch_seconds = [], [], []

@@ -60,7 +60,8 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     for figure in result.get("figures", []):
         verdict = "met" if figure["met"] else "MISSED"
-        print(f"{name}: {figure['name']} = {figure['value']:.3g} {figure['unit']} (target {figure['target']}) {verdict}")
+        value = f"{figure['value']:.3g} {figure['unit']}"
+        print(f"{name}: {figure['name']} = {value} (target {figure['target']}) {verdict}")
     return path
 
 

@@ -79,7 +79,12 @@ def main() -> None:
     write_result(
         "mixed_generation",
         {
-            "setup": {"requests": REQUESTS, "adapters": REQUESTS, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS},
+            "setup": {
+                "requests": REQUESTS,
+                "adapters": REQUESTS,
+                "prompt_tokens": PROMPT_TOKENS,
+                "new_tokens": NEW_TOKENS,
+            },
             "seconds": seconds,
             "median_seconds": {"ours": ours_s, "peft_set_adapter_loop": peft_s, "bare_base_batch": bare_s},
             "tokens_identical_to_peft": identical,

@@ -162,6 +162,16 @@ def cached_forward(
     return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, **kwargs)
 
 
+def _filler_ids(input_ids: torch.Tensor, text_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Token ids standing in for the prompt block, which ``generate`` needs to count positions.
+
+    Each row repeats its own first text token, so logits processors that look at the ids seen so far (repetition
+    penalty, ...) see the same set of ids as when the request runs alone.
+    """
+    first = input_ids.gather(1, text_mask.long().argmax(dim=1, keepdim=True))
+    return first.expand(-1, length)
+
+
 @torch.no_grad()
 def generate_with_prompts(
     model: Any,
@@ -181,22 +191,19 @@ def generate_with_prompts(
     text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     if "max_length" in generate_kwargs:
         raise ValueError("Pass max_new_tokens, not max_length: the prompt's length would count against max_length.")
-    pad_id = model.generation_config.pad_token_id
-    if pad_id is None:
-        pad_id = model.generation_config.eos_token_id
-        pad_id = pad_id[0] if isinstance(pad_id, list) else pad_id
-        generate_kwargs.setdefault("pad_token_id", pad_id)
-    filler = 0 if pad_id is None else int(pad_id)
+    if model.generation_config.pad_token_id is None and "pad_token_id" not in generate_kwargs:
+        eos = model.generation_config.eos_token_id
+        generate_kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
     if reuse_kv:
         cache, block_mask, longest = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
-        ids = torch.cat([input_ids.new_full((input_ids.shape[0], longest), filler), input_ids], dim=1)
+        ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         mask = torch.cat([block_mask, text_mask.long()], dim=1)
         output = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
         return output[:, longest:]
     _require_decoder_only(model)
     batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)
     longest = batch.prefix_length
-    ids = torch.cat([input_ids.new_full((input_ids.shape[0], longest), filler), input_ids], dim=1)
+    ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
     output = model.generate(
         input_ids=ids, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs
     )

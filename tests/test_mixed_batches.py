@@ -117,3 +117,27 @@ def test_unknown_adapter_name_is_named_error():
     model = _model_with_adapters("llama")
     with pytest.raises(peft_ext.errors.AdapterNotFoundError, match="nope"):
         model(input_ids=torch.tensor([[5, 6]]), adapter_names=["nope"])
+
+
+@pytest.mark.parametrize("reuse_kv", [True, False], ids=["kv_reuse", "recompute"])
+def test_repetition_penalty_sees_the_same_ids_as_alone(family, reuse_kv):
+    # Unpadded rows: the stand-in ids of the prompt block must not add ids the penalty would act on.
+    model = _model_with_adapters(family)
+    input_ids = torch.tensor([[5, 6, 7, 5], [9, 10, 9, 11], [15, 16, 17, 18]])
+    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "repetition_penalty": 3.0}
+    mixed = peft_ext.generate_with_prompts(model.get_base_model(), prompts, input_ids, reuse_kv=reuse_kv, **kwargs)
+    for row, name in enumerate(ROW_ADAPTERS):
+        alone = model.generate(input_ids=input_ids[row : row + 1], adapter_names=[name], **kwargs)
+        assert torch.equal(mixed[row], alone[0]), (row, name)
+
+
+def test_prompt_stand_in_ids_add_no_new_ids():
+    from peft_ext.prompting import _filler_ids
+
+    input_ids = torch.tensor([[0, 0, 7, 8], [9, 10, 11, 12]])
+    filler = _filler_ids(input_ids, (input_ids != 0).long(), 5)
+    assert filler.shape == (2, 5)
+    for row in range(2):
+        text = input_ids[row][input_ids[row] != 0]
+        assert set(filler[row].tolist()) <= set(text.tolist())

@@ -55,3 +55,27 @@ def test_mixed_batch_trainer_run_trains_both_prompts(tiny_tokenizer, tmp_path):
         assert (model.prompt_encoder[name].prompt().detach() - before).abs().max() > 1e-3, name
     for key, value in model.get_base_model().state_dict().items():
         assert torch.equal(value, base_before[key]), key
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(tiny_tokenizer, tmp_path):
+    def fresh():
+        return get_peft_model(
+            make_model(),
+            SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, init_seed=0, reparameterization="mlp"),
+        )
+
+    arguments = {"batch_size": 4, "learning_rate": 0.1, "show_progress": False, "save_steps": 2}
+    straight = fresh()
+    train_soft_prompts(straight, tiny_tokenizer, COACH, tmp_path / "straight", max_steps=6, **arguments)
+
+    interrupted = fresh()
+    train_soft_prompts(interrupted, tiny_tokenizer, COACH, tmp_path / "run", max_steps=4, **arguments)
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+    resumed = fresh()  # a new process would start like this: fresh init, then resume
+    result = train_soft_prompts(
+        resumed, tiny_tokenizer, COACH, tmp_path / "run", max_steps=6, resume_from_checkpoint=True, **arguments
+    )
+    assert result.steps == 6
+    torch.testing.assert_close(
+        resumed.prompt_encoder["default"].prompt(), straight.prompt_encoder["default"].prompt(), atol=1e-4, rtol=0
+    )

