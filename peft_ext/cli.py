@@ -11,12 +11,11 @@ from .errors import PeftExtError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, train_command
+    from . import train_command
 
     parser = argparse.ArgumentParser(prog="peft-ext", description="Soft prompts as shareable PEFT adapters.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_command.register(commands)
-    demo.register(commands)
     for entry_point in entry_points(group="peft_ext.cli"):
         entry_point.load()(commands)
     return parser

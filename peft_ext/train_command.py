@@ -49,7 +49,7 @@ def register(commands: Any) -> None:
     sharing.add_argument("--task", help="Task name when pushing (default: the data file's stem).")
     sharing.add_argument("--version", help="Exact version to push (default: bump the latest).")
     sharing.add_argument("--bump", default="minor", choices=["patch", "minor", "major"])
-    sharing.add_argument("--store", help="Store: a local folder, or hf://ENDPOINT for a Hub (default: local store).")
+    sharing.add_argument("--store-root", help="Local store folder (default: the user cache; see peft-ext hub).")
     parser.set_defaults(handler=run)
 
 

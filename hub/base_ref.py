@@ -1,0 +1,116 @@
+"""``BaseModelRef``: which base model a soft prompt was trained on, and the check that a model is that one."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ManifestError
+from .fingerprints import embedding_fingerprint, tokenizer_fingerprint
+
+_STR_FIELDS = (
+    "model_id",
+    "revision",
+    "architecture",
+    "embedding_sha256",
+    "tokenizer_sha256",
+    "package",
+    "package_version",
+    "file_sha256",
+)
+_INT_FIELDS = ("hidden_size", "vocab_size")
+# Identity evidence: when both sides know one of these and they differ, the models differ.
+_STRICT = (
+    "architecture",
+    "hidden_size",
+    "vocab_size",
+    "embedding_sha256",
+    "tokenizer_sha256",
+    "revision",
+    "file_sha256",
+)
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """A base-model reference: id and exact commit (or package version + file hash for the embedded default),
+    architecture, sizes and fingerprints of the input embeddings and tokenizer. Unknown fields are ``None``."""
+
+    model_id: str | None = None
+    revision: str | None = None
+    architecture: str | None = None
+    hidden_size: int | None = None
+    vocab_size: int | None = None
+    embedding_sha256: str | None = None
+    tokenizer_sha256: str | None = None
+    package: str | None = None
+    package_version: str | None = None
+    file_sha256: str | None = None
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any = None) -> BaseModelRef:
+        """Describe a loaded transformers model (a PeftModel is unwrapped to its base model)."""
+        if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+            model = model.get_base_model()
+        info = getattr(model, "peft_ext_base_info", None)
+        known: dict[str, Any] = dict(info.to_dict()) if info is not None and hasattr(info, "to_dict") else {}
+        config = getattr(model, "config", None)
+        weight = model.get_input_embeddings().weight
+        architectures = getattr(config, "architectures", None) or [type(model).__name__]
+        return cls(
+            model_id=known.get("model_id") or getattr(config, "name_or_path", None) or None,
+            revision=known.get("revision") or getattr(config, "_commit_hash", None) or None,
+            architecture=str(architectures[0]),
+            hidden_size=int(weight.shape[1]),
+            vocab_size=int(weight.shape[0]),
+            embedding_sha256=embedding_fingerprint(weight),
+            tokenizer_sha256=tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+            package=known.get("package"),
+            package_version=known.get("package_version"),
+            file_sha256=known.get("file_sha256"),
+        )
+
+    @classmethod
+    def coerce(cls, value: Any, tokenizer: Any = None) -> BaseModelRef:
+        """Accept a ``BaseModelRef``, its dict form, or a model."""
+        if isinstance(value, BaseModelRef):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        return cls.from_model(value, tokenizer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BaseModelRef:
+        if not isinstance(data, dict):
+            raise ManifestError(f"base_model must be a JSON object, got {type(data).__name__}.")
+        values: dict[str, Any] = {}
+        for name in _STR_FIELDS + _INT_FIELDS:
+            value = data.get(name)
+            kind = int if name in _INT_FIELDS else str
+            if value is not None and (type(value) is not kind):
+                raise ManifestError(f"base_model.{name} must be {kind.__name__} or null, got {value!r}.")
+            values[name] = value
+        return cls(**values)
+
+    def mismatches(self, actual: BaseModelRef) -> list[str]:
+        """Human-readable differences between this (expected) reference and ``actual``; empty if compatible."""
+        problems = []
+        for name in _STRICT:
+            want, got = getattr(self, name), getattr(actual, name)
+            if want is not None and got is not None and want != got:
+                problems.append(f"{name}: expected {want!r}, got {got!r}")
+        same_weights = self.embedding_sha256 is not None and self.embedding_sha256 == actual.embedding_sha256
+        if not same_weights and self.model_id and actual.model_id and self.model_id != actual.model_id:
+            problems.append(f"model_id: expected {self.model_id!r}, got {actual.model_id!r}")
+        return problems
+
+    @property
+    def label(self) -> str:
+        """Short text for cards and CLI output."""
+        name = self.model_id or self.package or "unknown model"
+        pin = self.revision or self.package_version
+        return f"{name}@{pin[:12]}" if pin else name

@@ -1,0 +1,86 @@
+"""Every named exception of ``hub``.
+
+All derive from :class:`HubError`, itself a :class:`peft_ext.errors.PeftExtError`, so ``except PeftExtError`` catches
+any user-facing problem of either package. Each also derives from the built-in type a caller would expect. Messages
+say what was wrong, with which value, and what to do; they never contain an access token.
+"""
+
+from __future__ import annotations
+
+from peft_ext.errors import PeftExtError
+
+
+class HubError(PeftExtError):
+    """Base class of every error raised by hub."""
+
+
+class InvalidNameError(HubError, ValueError):
+    """A repo, task or file name that is unsafe as a path or a git ref."""
+
+
+class InvalidVersionError(HubError, ValueError):
+    """A version string that is not strict semantic versioning ``MAJOR.MINOR.PATCH``."""
+
+
+class InvalidConstraintError(HubError, ValueError):
+    """A version constraint that is not ``X.Y.Z``, ``^X[.Y[.Z]]``, ``~X[.Y[.Z]]`` or ``latest``."""
+
+
+class NotFoundError(HubError, LookupError):
+    """A repo, task or version that does not exist in the store."""
+
+
+class NoMatchingVersionError(NotFoundError):
+    """No (non-yanked) version satisfies a constraint."""
+
+
+class VersionExistsError(HubError, ValueError):
+    """The version was already pushed with other bytes: versions are immutable, push a new one."""
+
+
+class InvalidAdapterError(HubError, ValueError):
+    """An adapter folder that cannot be pushed: missing files, bad config."""
+
+
+class CorruptAdapterError(InvalidAdapterError):
+    """A weights file that is not valid safetensors (corrupt, truncated, inconsistent header)."""
+
+
+class PickleRefusedError(InvalidAdapterError):
+    """A pickle ``.bin`` weights file, refused because unpickling can run code (pass ``allow_pickle=True``)."""
+
+
+class TensorShapeError(InvalidAdapterError):
+    """A tensor whose shape does not fit the adapter (``prompt_embeddings`` must be [num_virtual_tokens, hidden])."""
+
+
+class TensorDtypeError(InvalidAdapterError):
+    """A tensor whose dtype is not a supported float type (F16, BF16, F32, F64)."""
+
+
+class NonFiniteTensorError(InvalidAdapterError):
+    """A tensor containing NaN or Inf."""
+
+
+class ManifestError(HubError, ValueError):
+    """A manifest that is missing, not JSON, or has fields of the wrong type."""
+
+
+class ManifestSchemaError(ManifestError):
+    """A manifest written by a newer hub schema than this version understands: upgrade peft-ext."""
+
+
+class IntegrityError(HubError, ValueError):
+    """A file whose size or sha256 differs from the manifest: the download or the store is damaged."""
+
+
+class BaseModelMismatchError(HubError, ValueError):
+    """The base model given does not match the one the adapter was trained on."""
+
+
+class ConcurrentUpdateError(HubError, RuntimeError):
+    """Another writer kept changing the repo while pushing; retry later."""
+
+
+class RemoteError(HubError, OSError):
+    """The remote store refused a request or could not be reached (the message never contains the token)."""

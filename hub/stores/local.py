@@ -1,0 +1,190 @@
+"""``LocalStore``: versions as folders ``<root>/<repo>/<task>/<version>/``.
+
+Writes happen under a per-repo file lock (``<repo>/.lock``, the ``filelock`` package), so concurrent pushes from
+several processes are serialised and each gets its own version. A version is written into ``<repo>/.staging/``
+and renamed into place in one step: a push killed at any point leaves either the whole version or nothing visible
+(stale staging folders are removed by the next writer). Yanks are marker files ``<task>/.yanked/<version>.json``;
+the version's own bytes never change. The repo's ``README.md`` is the same model card the Hub store writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..card import render_card
+from ..errors import ConcurrentUpdateError, InvalidVersionError, ManifestError, NotFoundError
+from ..manifest import MANIFEST_FILE, read_manifest
+from ..names import check_repo, check_task
+from ..versions import SemVer, next_version
+from .base import MakeManifest, PublishResult, Store, VersionEntry, card_row, check_same_files, hub_base_ids, parent_of
+
+LOCK_TIMEOUT_S = 600.0
+
+
+def default_root() -> Path:
+    """``$PEFT_EXT_HUB_ROOT``, else ``$PEFT_EXT_CACHE/hub``, else ``~/.cache/peft_ext/hub``."""
+    if os.environ.get("PEFT_EXT_HUB_ROOT"):
+        return Path(os.environ["PEFT_EXT_HUB_ROOT"]).expanduser()
+    if os.environ.get("PEFT_EXT_CACHE"):
+        return Path(os.environ["PEFT_EXT_CACHE"]).expanduser() / "hub"
+    return Path.home() / ".cache" / "peft_ext" / "hub"
+
+
+class LocalStore(Store):
+    """A store in a local directory (the default store)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    def __repr__(self) -> str:
+        return f"LocalStore(root={str(self.root)!r})"
+
+    def tasks(self, repo: str) -> list[str]:
+        folder = self._repo_dir(repo)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _is_task(p.name))
+
+    def versions(self, repo: str, task: str) -> list[VersionEntry]:
+        folder = self._repo_dir(repo) / check_task(task)
+        if not folder.is_dir():
+            return []
+        entries = []
+        for child in folder.iterdir():
+            version = _as_version(child.name)
+            if version is None or not child.is_dir():
+                continue
+            marker = folder / ".yanked" / f"{version}.json"
+            reason = _read_reason(marker) if marker.is_file() else None
+            entries.append(VersionEntry(version, marker.is_file(), reason))
+        return sorted(entries, key=lambda e: e.version)
+
+    def publish(
+        self,
+        repo: str,
+        task: str,
+        files: dict[str, bytes],
+        make_manifest: MakeManifest,
+        version: SemVer | None,
+        bump: str,
+    ) -> PublishResult:
+        repo_dir = self._repo_dir(repo)
+        check_task(task)
+        with self._locked(repo_dir):
+            _remove_stale_staging(repo_dir)
+            existing = [e.version for e in self.versions(repo, task)]
+            chosen = next_version(existing, version, bump)
+            final = repo_dir / task / str(chosen)
+            manifest = make_manifest(chosen, parent_of(existing, chosen))
+            if final.exists():
+                check_same_files(repo, task, read_manifest(final), manifest)
+                return PublishResult(repo, task, chosen, False, str(final))
+            stage = repo_dir / ".staging" / uuid.uuid4().hex
+            stage.mkdir(parents=True)
+            for name, data in {**files, MANIFEST_FILE: manifest.to_json()}.items():
+                _write_synced(stage / name, data)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(stage, final)  # the commit point: the version appears whole or not at all
+            self._write_card(repo)
+        return PublishResult(repo, task, chosen, True, str(final))
+
+    def fetch(self, repo: str, task: str, version: SemVer) -> Path:
+        folder = self._repo_dir(repo) / check_task(task) / str(version)
+        if not folder.is_dir():
+            raise NotFoundError(f"{repo}: {task} {version} does not exist in {self.root}.")
+        return folder
+
+    def set_yanked(self, repo: str, task: str, version: SemVer, yanked: bool, reason: str | None = None) -> None:
+        repo_dir = self._repo_dir(repo)
+        folder = self.fetch(repo, task, version).parent
+        with self._locked(repo_dir):
+            marker = folder / ".yanked" / f"{version}.json"
+            if yanked:
+                marker.parent.mkdir(exist_ok=True)
+                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                _atomic_write(marker, json.dumps({"reason": reason, "yanked_at": stamp}).encode())
+            else:
+                marker.unlink(missing_ok=True)
+            self._write_card(repo)
+
+    def _repo_dir(self, repo: str) -> Path:
+        return self.root / check_repo(repo)
+
+    @contextmanager
+    def _locked(self, repo_dir: Path) -> Iterator[None]:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(repo_dir / ".lock"), timeout=LOCK_TIMEOUT_S):
+                yield
+        except Timeout:
+            raise ConcurrentUpdateError(
+                f"Timed out after {LOCK_TIMEOUT_S:.0f}s waiting for the lock on {repo_dir}; another push is running."
+            ) from None
+
+    def _write_card(self, repo: str) -> None:
+        rows, manifests = [], []
+        for task in self.tasks(repo):
+            for entry in self.versions(repo, task):
+                try:
+                    manifest = read_manifest(self._repo_dir(repo) / task / str(entry.version))
+                except ManifestError:
+                    continue
+                manifests.append(manifest)
+                rows.append(card_row(manifest, entry.yanked))
+        text = render_card(repo, rows, hub_base_ids(manifests))
+        _atomic_write(self._repo_dir(repo) / "README.md", text.encode())
+
+
+def _is_task(name: str) -> bool:
+    try:
+        check_task(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_version(name: str) -> SemVer | None:
+    try:
+        return SemVer.parse(name)
+    except InvalidVersionError:
+        return None
+
+
+def _read_reason(marker: Path) -> str | None:
+    try:
+        reason = json.loads(marker.read_text()).get("reason")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
+def _remove_stale_staging(repo_dir: Path) -> None:
+    # Called under the repo lock: any staging folder left is from a writer that died mid-push.
+    staging = repo_dir / ".staging"
+    if staging.is_dir():
+        for child in staging.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+    for tmp in repo_dir.glob(".README.md.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    _write_synced(tmp, data)
+    os.replace(tmp, path)

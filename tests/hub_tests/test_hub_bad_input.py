@@ -1,0 +1,166 @@
+"""Bad input: each case raises its named error and writes nothing, in both stores."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
+from hub_testutils import REPO, make_adapter
+
+import hub
+from hub import HfStore, Store
+from hub.errors import (
+    CorruptAdapterError,
+    InvalidAdapterError,
+    InvalidConstraintError,
+    InvalidNameError,
+    InvalidVersionError,
+    NonFiniteTensorError,
+    PickleRefusedError,
+    TensorDtypeError,
+    TensorShapeError,
+)
+
+
+def assert_nothing_written(store: Store) -> None:
+    assert hub.tasks(REPO, store=store) == []
+    if isinstance(store, hub.LocalStore):
+        assert not (store.root / REPO).exists() or not any(
+            p.is_dir() and not p.name.startswith(".") for p in (store.root / REPO).iterdir()
+        )
+    if isinstance(store, HfStore):
+        from huggingface_hub import HfApi
+
+        assert not HfApi(endpoint=store.endpoint).repo_exists(REPO)
+
+
+def truncate(folder: Path) -> Path:
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-7])
+    return folder
+
+
+def garbage(folder: Path) -> Path:
+    (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    return folder
+
+
+def huge_header(folder: Path) -> Path:
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    return folder
+
+
+def overlapping(folder: Path) -> Path:
+    header = {"prompt_embeddings": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]}}
+    header["x"] = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    blob = json.dumps(header).encode()
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 128)
+    return folder
+
+
+def pickled(folder: Path) -> Path:
+    import torch
+
+    (folder / "adapter_model.safetensors").unlink()
+    torch.save({"prompt_embeddings": torch.zeros(4, 8)}, folder / "adapter_model.bin")
+    return folder
+
+
+def no_config(folder: Path) -> Path:
+    (folder / "adapter_config.json").unlink()
+    return folder
+
+
+def bad_config(folder: Path) -> Path:
+    (folder / "adapter_config.json").write_text("[1, 2")
+    return folder
+
+
+CASES = {
+    "truncated": (lambda f: truncate(f), CorruptAdapterError),
+    "garbage": (lambda f: garbage(f), CorruptAdapterError),
+    "huge header": (lambda f: huge_header(f), CorruptAdapterError),
+    "overlapping": (lambda f: overlapping(f), CorruptAdapterError),
+    "pickle": (lambda f: pickled(f), PickleRefusedError),
+    "no config": (lambda f: no_config(f), InvalidAdapterError),
+    "bad config": (lambda f: bad_config(f), InvalidAdapterError),
+    "3-D prompt": (lambda f: make_adapter(f, values=np.zeros((1, 4, 8), np.float32)), TensorShapeError),
+    "rows vs config": (lambda f: make_adapter(f, n=4, values=np.zeros((5, 8), np.float32)), TensorShapeError),
+    "width vs config": (lambda f: make_adapter(f, dim=8, values=np.zeros((4, 6), np.float32)), TensorShapeError),
+    "int dtype": (lambda f: make_adapter(f, values=np.zeros((4, 8), np.int32)), TensorDtypeError),
+    "int extra": (lambda f: make_adapter(f, extra={"steps": np.zeros(2, np.int64)}), TensorDtypeError),
+    "NaN": (lambda f: make_adapter(f, values=np.full((4, 8), np.nan, np.float32)), NonFiniteTensorError),
+    "Inf in extra": (
+        lambda f: make_adapter(f, extra={"encoder.w": np.array([1.0, np.inf], np.float64)}),
+        NonFiniteTensorError,
+    ),
+    "no prompt": (lambda f: make_adapter(f, values=None, extra=None, config={}) and _rename(f), TensorShapeError),
+}
+
+
+def _rename(folder: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"other": np.zeros((4, 8), np.float32)}, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_adapters_are_refused_with_nothing_written(store: Store, adapter: Callable[..., Path], case: str) -> None:
+    damage, error = CASES[case]
+    folder = damage(adapter(seed=1))
+    with pytest.raises(error):
+        hub.push(folder, REPO, task="coach", store=store)
+    assert_nothing_written(store)
+
+
+def test_pickle_is_accepted_when_allowed_and_stored_as_safetensors(store: Store, adapter: Callable[..., Path]) -> None:
+    hub.push(pickled(adapter(seed=1)), REPO, task="coach", store=store, allow_pickle=True)
+    folder = hub.pull(REPO, "coach", store=store)
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "adapter_model.bin").exists()
+
+
+def test_bf16_and_extra_float_tensors_are_accepted(store: Store, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder = make_adapter(tmp_path / "bf16")
+    tensors = {"prompt_embeddings": torch.randn(4, 8, dtype=torch.bfloat16), "encoder.w": torch.randn(8, 8).half()}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    assert hub.push(folder, REPO, task="coach", store=store).created
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"task": "../up"}, InvalidNameError),
+        ({"task": "a/b"}, InvalidNameError),
+        ({"task": "has space"}, InvalidNameError),
+        ({"task": "tilde~1"}, InvalidNameError),
+        ({"task": "coach", "repo": "org/../x"}, InvalidNameError),
+        ({"task": "coach", "repo": "a/b/c"}, InvalidNameError),
+        ({"task": "coach", "version": "1.2"}, InvalidVersionError),
+        ({"task": "coach", "version": "../1.0.0"}, InvalidVersionError),
+        ({"task": "coach", "bump": "tiny"}, InvalidVersionError),
+    ],
+)
+def test_bad_names_are_refused_with_nothing_written(
+    store: Store, adapter: Callable[..., Path], kwargs: dict, error: type
+) -> None:
+    kwargs = dict(kwargs)  # parametrize shares the dict between both stores
+    repo = kwargs.pop("repo", REPO)
+    with pytest.raises(error):
+        hub.push(adapter(seed=1), repo, store=store, **kwargs)
+    assert_nothing_written(store)
+
+
+@pytest.mark.parametrize("spec", ["^1.x", ">=1", "", "1.2", "latest2"])
+def test_malformed_constraints_are_refused(store: Store, adapter: Callable[..., Path], spec: str) -> None:
+    hub.push(adapter(seed=1), REPO, task="coach", store=store)
+    with pytest.raises(InvalidConstraintError):
+        hub.pull(REPO, "coach", spec, store=store)

@@ -1,0 +1,104 @@
+"""Manifest schema: round trip, strict typing, newer schemas refused, and fuzzing of the parser."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hub.base_ref import BaseModelRef
+from hub.errors import ManifestError, ManifestSchemaError
+from hub.manifest import SCHEMA_VERSION, Manifest
+from hub.versions import SemVer
+
+
+def sample() -> Manifest:
+    return Manifest.build(
+        task="coach",
+        version=SemVer(1, 2, 0),
+        files={"adapter_config.json": b"{}", "adapter_model.safetensors": b"xyz"},
+        adapter={"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "token_dim": 8},
+        base_model=BaseModelRef(model_id="org/base", revision="a" * 40, hidden_size=8, vocab_size=64),
+        parent_version=SemVer(1, 1, 0),
+        training_data_hash="sha256:abc",
+        metrics={"accuracy": 0.9},
+    )
+
+
+def test_round_trip() -> None:
+    manifest = sample()
+    again = Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert again.to_dict()["schema_version"] == SCHEMA_VERSION
+    assert set(again.libraries) >= {"peft", "transformers", "huggingface_hub", "safetensors"}
+
+
+def test_newer_schema_is_refused_clearly() -> None:
+    raw = sample().to_dict() | {"schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(ManifestSchemaError, match="upgrade peft-ext"):
+        Manifest.from_json(json.dumps(raw))
+
+
+def test_unknown_fields_of_the_same_schema_are_ignored() -> None:
+    raw = sample().to_dict() | {"future_field": [1, 2]}
+    assert Manifest.from_json(json.dumps(raw)) == sample().__class__.from_json(json.dumps(sample().to_dict()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schema_version": "1"},
+        {"schema_version": 0},
+        {"task": "../etc"},
+        {"version": "1.2"},
+        {"parent_version": 3},
+        {"files": {}},
+        {"files": {"../x": {"sha256": "0" * 64, "size": 1}}},
+        {"files": {"a/b": {"sha256": "0" * 64, "size": 1}}},
+        {"files": {"peft_ext_manifest.json": {"sha256": "0" * 64, "size": 1}}},
+        {"files": {"x": {"sha256": "XYZ", "size": 1}}},
+        {"files": {"x": {"sha256": "0" * 64, "size": -1}}},
+        {"files": {"x": {"sha256": "0" * 64, "size": True}}},
+        {"metrics": [1]},
+        {"base_model": {"hidden_size": "8"}},
+        {"base_model": "org/base"},
+    ],
+)
+def test_malformed_fields_raise_manifest_error(change: dict[str, Any]) -> None:
+    raw = sample().to_dict() | change
+    with pytest.raises(ManifestError):
+        Manifest.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize("text", [b"", b"not json", b"[]", b'{"schema_version": NaN}', b"\xff\xfe"])
+def test_non_manifests_raise_manifest_error(text: bytes) -> None:
+    with pytest.raises(ManifestError):
+        Manifest.from_json(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(sample().to_dict())), json_values, max_size=6))
+def test_fuzzed_fields_raise_only_manifest_error(change: dict[str, Any]) -> None:
+    raw = sample().to_dict() | change
+    try:
+        manifest = Manifest.from_json(json.dumps(raw))
+    except ManifestError:
+        return
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+@given(st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
+def test_fuzzed_bytes_raise_only_manifest_error(data: bytes) -> None:
+    try:
+        Manifest.from_json(data)
+    except ManifestError:
+        pass
