@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import tempfile
 import time
@@ -21,6 +22,12 @@ from peft_ext import MultiPromptModel, SoftPromptConfig
 from peft_ext.base_models import load_base_model
 
 PROMPT_TOKENS = 20
+
+
+def release_free_heap() -> None:
+    """Hand freed heap pages back to the OS, so later allocations show up in RSS instead of reusing them."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_bytes() -> int:
@@ -78,9 +85,10 @@ def main() -> None:
             peft_load_seconds.append((time.perf_counter() - start) * len(names) / (len(names) - 1))
         peft_switch = time_peft_set_adapter(reference, names)
 
-    # Memory: prompts loaded from tensors the server then owns alone.
-    gc.collect()
+    # Memory: prompts loaded from tensors the server then owns alone. Freed heap is returned to the OS first, or
+    # the new prompts would fill old holes and the growth of RSS would understate their cost.
     server = MultiPromptModel(base)
+    release_free_heap()
     before = rss_bytes()
     for index in range(args.memory_prompts):
         server.add(f"m{index}", torch.randn(PROMPT_TOKENS, hidden))

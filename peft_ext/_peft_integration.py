@@ -25,7 +25,13 @@ from packaging.version import Version
 from peft import PeftModel, PeftModelForCausalLM, PeftType, TaskType
 
 from .config import SOFT_PROMPT, SoftPromptConfig
-from .errors import AdapterNotFoundError, HiddenSizeMismatchError, UnsupportedModelError, UnsupportedPeftVersionError
+from .errors import (
+    AdapterNotFoundError,
+    HiddenSizeMismatchError,
+    InvalidRequestError,
+    UnsupportedModelError,
+    UnsupportedPeftVersionError,
+)
 from .kv_cache import PromptKVCache
 from .prompt_module import SoftPromptEncoder
 from .prompting import forward_with_prompts, generate_with_prompts
@@ -197,7 +203,7 @@ def _row_adapters(model: PeftModel, adapter_names: Sequence[str | None] | None, 
     if adapter_names is None:
         return [model.active_adapter] * batch
     if isinstance(adapter_names, str) or len(adapter_names) != batch:
-        raise ValueError(f"adapter_names needs one name per row ({batch} rows), got {adapter_names!r}.")
+        raise InvalidRequestError(f"adapter_names needs one name per row ({batch} rows), got {adapter_names!r}.")
     return list(adapter_names)
 
 
@@ -260,7 +266,7 @@ def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
         return original(self, *args, **kwargs)
     input_ids = kwargs.pop("input_ids", args[0] if args else None)
     if input_ids is None:
-        raise ValueError("generate with soft prompts needs input_ids.")
+        raise InvalidRequestError("generate with soft prompts needs input_ids.")
     attention_mask = kwargs.pop("attention_mask", None)
     names = _row_adapters(self, adapter_names, input_ids.shape[0])
     prompts = [adapter_prompt(self, name) for name in names]

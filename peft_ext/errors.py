@@ -48,6 +48,10 @@ class NonFiniteValueError(PeftExtError, ValueError):
     """A soft prompt (or a tensor meant to become one) contains NaN or Inf."""
 
 
+class InvalidRequestError(PeftExtError, ValueError):
+    """A call's arguments do not fit together (one adapter name per row, max_new_tokens instead of max_length, ...)."""
+
+
 class UnsupportedModelError(PeftExtError, ValueError):
     """The base model or task type is not one peft_ext supports."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ._peft_integration import BASE_ADAPTER, INPUT_PROMPT_TYPES, adapter_prompt
-from .errors import AdapterLoadError, AdapterNotFoundError, InvalidConfigError
+from .errors import AdapterLoadError, AdapterNotFoundError, InvalidConfigError, InvalidRequestError
 from .init import check_prompt_tensor, read_saved_prompt
 from .kv_cache import DEFAULT_MAX_BYTES, KVCacheStats, PromptKVCache
 from .prompting import cached_forward, forward_with_prompts, generate_with_prompts
@@ -174,7 +174,7 @@ class MultiPromptModel:
         if adapters is None or isinstance(adapters, str):
             adapters = [adapters if isinstance(adapters, str) else getattr(self._selected, "name", None)] * batch
         if len(adapters) != batch:
-            raise InvalidConfigError(f"adapters needs one name per row ({batch} rows), got {len(adapters)}.")
+            raise InvalidRequestError(f"adapters needs one name per row ({batch} rows), got {len(adapters)}.")
         prompts: list[torch.Tensor | None] = []
         keys: list[Any] = []
         for name in adapters:
@@ -190,7 +190,7 @@ class MultiPromptModel:
     def _encode(self, inputs: Any, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)):
             if self.tokenizer is None:
-                raise InvalidConfigError("Texts need a tokenizer: pass tokenizer= to MultiPromptModel, or give ids.")
+                raise InvalidRequestError("Texts need a tokenizer: pass tokenizer= to MultiPromptModel, or give ids.")
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
             self.tokenizer.padding_side = "left"  # generation appends on the right
             if self.tokenizer.pad_token_id is None:

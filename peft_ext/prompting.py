@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .errors import UnsupportedModelError
+from .errors import InvalidRequestError, UnsupportedModelError
 from .kv_cache import LayerKV, PromptKVCache
 
 RowPrompts = Sequence[torch.Tensor | None]
@@ -58,7 +58,9 @@ def prepend_prompts(
     """Lay out ``[filler][prompt_i][text_i]`` for every row; gradients flow into each row's own prompt only."""
     batch, _, hidden = inputs_embeds.shape
     if len(prompts) != batch:
-        raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row (None for none).")
+        raise InvalidRequestError(
+            f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row (None for none)."
+        )
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     block_mask, longest = prefix_mask(prompts, device)
     rows = []
@@ -190,7 +192,9 @@ def generate_with_prompts(
     """
     text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     if "max_length" in generate_kwargs:
-        raise ValueError("Pass max_new_tokens, not max_length: the prompt's length would count against max_length.")
+        raise InvalidRequestError(
+            "Pass max_new_tokens, not max_length: the prompt's length would count against max_length."
+        )
     if model.generation_config.pad_token_id is None and "pad_token_id" not in generate_kwargs:
         eos = model.generation_config.eos_token_id
         generate_kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos

@@ -141,3 +141,16 @@ def test_prompt_stand_in_ids_add_no_new_ids():
     for row in range(2):
         text = input_ids[row][input_ids[row] != 0]
         assert set(filler[row].tolist()) <= set(text.tolist())
+
+
+def test_bad_requests_are_named_errors():
+    from peft_ext.errors import InvalidRequestError
+
+    model = _model_with_adapters("llama")
+    ids = torch.tensor([[5, 6], [7, 8]])
+    with pytest.raises(InvalidRequestError, match="one name per row"):
+        model(input_ids=ids, adapter_names=["a"])
+    with pytest.raises(InvalidRequestError, match="one name per row"):
+        model.generate(input_ids=ids, adapter_names="a", max_new_tokens=2)
+    with pytest.raises(InvalidRequestError, match="max_new_tokens"):
+        model.generate(input_ids=ids, adapter_names=["a", "b"], max_length=10)

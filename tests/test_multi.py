@@ -152,3 +152,16 @@ def test_concurrent_requests_on_different_prompts(served):
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_bad_requests_are_named_errors(served):
+    from peft_ext.errors import InvalidConfigError, InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="one name per row"):
+        served(torch.tensor([[5, 6], [7, 8]]), ["short"])
+    with pytest.raises(InvalidRequestError, match="tokenizer"):
+        served.generate(["some text"], ["short"])
+    with pytest.raises(InvalidConfigError, match="capacity"):
+        MultiPromptModel(served.model, capacity=0)
+    with pytest.raises(InvalidConfigError, match="name"):
+        served.add("", _prompt(2, 0))
