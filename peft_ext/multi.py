@@ -22,7 +22,7 @@ from ._peft_integration import BASE_ADAPTER, INPUT_PROMPT_TYPES, adapter_prompt
 from .errors import AdapterLoadError, AdapterNotFoundError, InvalidConfigError, InvalidRequestError
 from .init import check_prompt_tensor, read_saved_prompt
 from .kv_cache import DEFAULT_MAX_BYTES, KVCacheStats, PromptKVCache
-from .prompting import cached_forward, forward_with_prompts, generate_with_prompts
+from .prompting import cached_forward, forward_with_prompts, generate_with_prompts, is_encoder_decoder
 
 
 @dataclass
@@ -64,7 +64,8 @@ class MultiPromptModel:
     """One frozen causal LM serving many named soft prompts, a different one per row of a batch.
 
     ``capacity`` bounds how many prompts stay loaded (least recently used are evicted; those added from a folder
-    reload on their next use). ``kv_cache_bytes`` bounds the memory of cached prompt keys/values.
+    reload on their next use). ``kv_cache_bytes`` bounds the memory of cached prompt keys/values. Encoder-decoder
+    models (T5 family) are served too, recomputing the prompts: their encoder is bidirectional.
     """
 
     def __init__(
@@ -83,7 +84,8 @@ class MultiPromptModel:
             parameter.requires_grad_(False)
         self.tokenizer = tokenizer
         self.capacity = capacity
-        self.reuse_kv = reuse_kv
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.reuse_kv = reuse_kv and not self.is_encoder_decoder
         self.kv_cache = PromptKVCache(kv_cache_bytes)
         embeddings = model.get_input_embeddings().weight
         self._hidden_size, self._device, self._dtype = embeddings.shape[1], embeddings.device, embeddings.dtype
@@ -192,7 +194,9 @@ class MultiPromptModel:
             if self.tokenizer is None:
                 raise InvalidRequestError("Texts need a tokenizer: pass tokenizer= to MultiPromptModel, or give ids.")
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            self.tokenizer.padding_side = "left"  # generation appends on the right
+            # A decoder appends on the right, so pad left; an encoder's relative positions need the text right after
+            # the prompt, so pad right.
+            self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -209,15 +213,18 @@ class MultiPromptModel:
         inputs: Any,
         adapters: Sequence[str | None] | str | None = None,
         attention_mask: torch.Tensor | None = None,
+        **model_kwargs: Any,
     ) -> torch.Tensor:
-        """Logits ``[batch, text length, vocab]`` of the text tokens, each row with its own prompt."""
+        """Logits of every row with its own prompt: ``[batch, text length, vocab]`` for the text tokens of a
+        decoder-only model; an encoder-decoder's decoder logits (pass ``decoder_input_ids``)."""
         input_ids, mask, _ = self._encode(inputs, attention_mask)
         prompts, keys = self._rows(adapters, input_ids.shape[0])
         if self.reuse_kv:
-            return cached_forward(self.model, prompts, input_ids, mask, keys=keys, kv_cache=self.kv_cache).logits
+            output = cached_forward(self.model, prompts, input_ids, mask, keys, self.kv_cache, **model_kwargs)
+            return output.logits
         with torch.no_grad():
-            logits = forward_with_prompts(self.model, prompts, input_ids, mask).logits
-        return logits[:, -input_ids.shape[1] :]
+            logits = forward_with_prompts(self.model, prompts, input_ids, mask, **model_kwargs).logits
+        return logits if self.is_encoder_decoder else logits[:, -input_ids.shape[1] :]
 
     def generate(
         self,
@@ -244,4 +251,5 @@ class MultiPromptModel:
         )
         if not from_text:
             return output
-        return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        new_tokens = output if self.is_encoder_decoder else output[:, input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

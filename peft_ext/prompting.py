@@ -93,12 +93,16 @@ def forward_with_prompts(
 ) -> Any:
     """Run ``model`` with the prompts in the input embeddings (differentiable: the training path).
 
-    Logits cover the prompt block too, as PEFT's do: the text's logits start at the longest prompt's length.
+    Logits cover the prompt block too, as PEFT's do: the text's logits start at the longest prompt's length. On an
+    encoder-decoder model the prompts go before the encoder's input and ``labels`` stay the decoder's.
     """
     if inputs_embeds is None:
         inputs_embeds = model.get_input_embeddings()(input_ids)
-    batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
     kwargs.pop("position_ids", None)  # replaced: positions must count from each row's prompt
+    if is_encoder_decoder(model):
+        batch = prepend_prompts(prompts, inputs_embeds, attention_mask)
+        return model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=labels, **kwargs)
+    batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
     return model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
@@ -108,11 +112,27 @@ def forward_with_prompts(
     )
 
 
-def _require_decoder_only(model: Any) -> None:
-    if getattr(model.config, "is_encoder_decoder", False):
+def is_encoder_decoder(model: Any) -> bool:
+    """Encoder-decoder models take prompts before the encoder input and cannot reuse prompt keys/values.
+
+    Only relative-position encoders (the T5 family) are supported: with absolute positions the masked filler before
+    a shorter prompt would shift the text's positions.
+    """
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return False
+    if not hasattr(model.config, "relative_attention_num_buckets"):
         raise UnsupportedModelError(
-            f"{type(model).__name__} is an encoder-decoder model; peft_ext serves soft prompts on decoder-only "
-            "(causal LM) models."
+            f"{type(model).__name__} is an encoder-decoder model with absolute positions; peft_ext serves soft "
+            "prompts on decoder-only models and on relative-position encoder-decoders (T5 family)."
+        )
+    return True
+
+
+def _require_decoder_only(model: Any) -> None:
+    if is_encoder_decoder(model):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is an encoder-decoder model: its bidirectional encoder cannot reuse prompt "
+            "keys/values; use reuse_kv=False (recomputation)."
         )
 
 
@@ -185,10 +205,11 @@ def generate_with_prompts(
     reuse_kv: bool = True,
     **generate_kwargs: Any,
 ) -> torch.Tensor:
-    """``model.generate`` with a prompt per row; returns ``[batch, text + new tokens]`` like plain ``generate``.
+    """``model.generate`` with a prompt per row; returns what plain ``generate`` returns (for a decoder-only model
+    ``[batch, text + new tokens]``, for an encoder-decoder the decoder's tokens).
 
     With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, they enter
-    as input embeddings. Both give the same tokens.
+    as input embeddings. Both give the same tokens. Encoder-decoder models always recompute.
     """
     text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     if "max_length" in generate_kwargs:
@@ -198,13 +219,15 @@ def generate_with_prompts(
     if model.generation_config.pad_token_id is None and "pad_token_id" not in generate_kwargs:
         eos = model.generation_config.eos_token_id
         generate_kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    if is_encoder_decoder(model):
+        batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)
+        return model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs)
     if reuse_kv:
         cache, block_mask, longest = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
         ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         mask = torch.cat([block_mask, text_mask.long()], dim=1)
         output = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
         return output[:, longest:]
-    _require_decoder_only(model)
     batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)
     longest = batch.prefix_length
     ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)

@@ -165,3 +165,63 @@ def test_bad_requests_are_named_errors(served):
         MultiPromptModel(served.model, capacity=0)
     with pytest.raises(InvalidConfigError, match="name"):
         served.add("", _prompt(2, 0))
+
+
+def _tiny_t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        initializer_factor=4.0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+def test_encoder_decoder_rows_equal_alone_by_recomputation():
+    server = MultiPromptModel(_tiny_t5())
+    assert not server.reuse_kv  # a bidirectional encoder cannot reuse prompt keys/values
+    server.add("short", _prompt(2, 0))
+    server.add("long", _prompt(6, 1))
+    ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [13, 14, 0, 0, 0]])  # right padded
+    mask = (ids != 0).long()
+    adapters = ["long", "short", None]
+    decoder = torch.tensor([[0, 20, 21]] * 3)
+    logits = server(ids, adapters, attention_mask=mask, decoder_input_ids=decoder)
+    tokens = server.generate(ids, adapters, attention_mask=mask, **GENERATE)
+    for row, name in enumerate(adapters):
+        alone = ids[row][mask[row].bool()][None]
+        torch.testing.assert_close(
+            logits[row], server(alone, [name], decoder_input_ids=decoder[:1])[0], atol=1e-4, rtol=0
+        )
+        assert torch.equal(tokens[row], server.generate(alone, [name], **GENERATE)[0])
+    bare = server(ids, [None] * 3, attention_mask=mask, decoder_input_ids=decoder)
+    assert (bare[0] - logits[0]).abs().max() > 1e-3  # the prompt does change the answer
+
+
+def test_absolute_position_encoder_decoder_is_refused():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from peft_ext.errors import UnsupportedModelError
+
+    config = BartConfig(
+        vocab_size=64,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+    )
+    with pytest.raises(UnsupportedModelError, match="absolute positions"):
+        MultiPromptModel(BartForConditionalGeneration(config))
