@@ -1,6 +1,6 @@
 """Benchmark: pulling a version already in the Hugging Face cache makes no network request.
 
-Runs the real huggingface_hub client against the test suite's local Hub-compatible server (tests/hub/), pushes a few
+Runs the real huggingface_hub client against the test suite's local Hub-compatible server (tests/hub_tests/), pushes a few
 versions with HfStore, then pulls one version cold (empty cache: the baseline) and warm (cached), counting the requests
 the server saw and timing both. Writes benchmarks/results/hub_cached_pull.json.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "hub"))
+sys.path.insert(0, str(ROOT / "tests" / "hub_tests"))
 
 from fake_hub_server import FakeHub  # noqa: E402
 from hub_testutils import REPO, TOKEN, make_adapter  # noqa: E402
