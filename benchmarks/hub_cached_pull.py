@@ -1,8 +1,8 @@
 """Benchmark: pulling a version already in the Hugging Face cache makes no network request.
 
-Runs the real huggingface_hub client against the test suite's local Hub-compatible server (tests/hub_tests/), pushes a few
-versions with HfStore, then pulls one version cold (empty cache: the baseline) and warm (cached), counting the requests
-the server saw and timing both. Writes benchmarks/results/hub_cached_pull.json.
+Runs the real huggingface_hub client against the test suite's local Hub-compatible server (tests/hub_tests/), pushes
+a few versions with HfStore, then pulls one version cold (empty cache: the baseline) and warm (cached), counting the
+requests the server saw and timing both. Writes benchmarks/results/hub_cached_pull.json.
 
     python benchmarks/hub_cached_pull.py [--repeats 20]
 """

@@ -128,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
             task=task,
             version=args.version,
             bump=args.bump,
-            store=args.store,
+            store_root=args.store_root,
             base_model=base,
+            tokenizer=tokenizer,
             metrics={"final_loss": result.losses[-1]} if result.losses else None,
         )
     with open(os.path.join(args.output, "summary.json"), "w", encoding="utf-8") as file:

@@ -35,17 +35,28 @@ class _TextDataset(torch.utils.data.Dataset):
 
 
 class _MixedAdapterCollator:
-    """Pads a batch for causal-LM training and names each row's adapter, so one batch trains several prompts."""
+    """Pads a batch for causal-LM training and names each row's adapter, so one batch trains several prompts.
+
+    Pads on the right whatever the tokenizer's ``padding_side``: the prompt goes before the row, so with left padding
+    masked pad slots would sit between prompt and text and the text's first token would be scored from a pad slot.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
-        from transformers import DataCollatorForLanguageModeling
-
-        self.pad = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        self.pad_token_id = tokenizer.pad_token_id
 
     def __call__(self, rows: list[tuple[list[int], str]]) -> dict[str, Any]:
-        batch = self.pad([{"input_ids": ids} for ids, _ in rows])
-        batch["adapter_names"] = [name for _, name in rows]
-        return dict(batch)
+        longest = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, (ids, _) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": input_ids.masked_fill(attention_mask == 0, -100),
+            "adapter_names": [name for _, name in rows],
+        }
 
 
 def train_soft_prompts(
@@ -99,6 +110,10 @@ def train_soft_prompts(
         train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length),
         data_collator=_MixedAdapterCollator(tokenizer),
     )
+    # Each row's prompt precedes its text, so every text token is a prediction target, the first one included.
+    # Trainer's token count (the loss's divisor, summed over ranks under DDP) would drop each row's first label
+    # as for a plain causal LM: the loss would then depend on padding, batch split and world size.
+    trainer._loss_shifts_labels = False
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainingResult(losses=losses, steps=output.global_step, seconds=output.metrics["train_runtime"])

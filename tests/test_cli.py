@@ -1,0 +1,77 @@
+"""The peft-ext command: train end to end on a tiny model, push, and one-line user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import make_model
+
+from peft_ext.cli import main
+
+
+def _tiny_model_folder(tmp_path, tokenizer):
+    folder = tmp_path / "tiny-model"
+    make_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_train_writes_adapter_plot_summary_and_pushes(tmp_path, tiny_tokenizer, capsys):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data = tmp_path / "quotes.jsonl"
+    data.write_text("\n".join(json.dumps({"quote": q}) for q in ["be kind always", "dream a great dream"] * 4))
+    store = tmp_path / "store"
+    code = main(
+        [
+            "train",
+            str(data),
+            "--model",
+            str(model),
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--init",
+            "text",
+            "--init-text",
+            "you should smile",
+            "--text-length-policy",
+            "exact",
+            "--reparameterization",
+            "residual",
+            "--output",
+            str(tmp_path / "run"),
+            "--push",
+            "me/prompts",
+            "--store-root",
+            str(store),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and len(summary["losses"]) == 3 and summary["pushed"] == "me/prompts:quotes@1.0.0"
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    assert (store / "me" / "prompts" / "quotes" / "1.0.0" / "peft_ext_manifest.json").exists()
+    assert "pushed me/prompts:quotes@1.0.0" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    result = subprocess.run(
+        [sys.executable, "-m", "peft_ext.cli", "train", str(bad)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"peft-ext: error: {bad}, line 2: not valid JSON (Expecting value)."]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_strategy_is_one_line(tmp_path, tiny_tokenizer, capsys):
+    data = tmp_path / "a.txt"
+    data.write_text("hello world\n")
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    assert main(["train", str(data), "--model", str(model), "--num-virtual-tokens", "4", "--init", "zeros"]) == 2
+    assert "Unknown init 'zeros'" in capsys.readouterr().err
