@@ -35,10 +35,11 @@ from .errors import (
 from .kv_cache import PromptKVCache
 from .prompt_module import SoftPromptEncoder
 from .prompting import forward_with_prompts, generate_with_prompts
+from .sources import INPUT_PROMPT_TYPE_NAMES
 
 TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
 BASE_ADAPTER = "__base__"  # adapter name meaning "no prompt" for a row; None works too
-INPUT_PROMPT_TYPES = {PeftType.PROMPT_TUNING, PeftType.P_TUNING}  # prompts that enter as input embeddings
+INPUT_PROMPT_TYPES: set[Any] = set()  # filled at registration from sources.INPUT_PROMPT_TYPE_NAMES
 
 _registered = False
 
@@ -61,7 +62,7 @@ def register() -> None:
         peft.utils.register_peft_method(
             name=SOFT_PROMPT.lower(), config_cls=SoftPromptConfig, model_cls=SoftPromptEncoder
         )
-    INPUT_PROMPT_TYPES.add(PeftType(SOFT_PROMPT))
+    INPUT_PROMPT_TYPES.update(PeftType(name) for name in INPUT_PROMPT_TYPE_NAMES)
     _wrap(PeftModel, "_setup_prompt_encoder", _setup_prompt_encoder)
     _wrap(PeftModel, "_check_new_adapter_config", _check_new_adapter_config)
     _wrap_from_pretrained()

@@ -15,6 +15,7 @@ from peft import PeftType, PromptLearningConfig
 from . import init as init_strategies
 from .encoders import ENCODERS
 from .errors import InvalidConfigError, TokenizerNotAvailableError, UnknownInitError
+from .sources import read_saved_prompt
 
 SOFT_PROMPT = "SOFT_PROMPT"
 
@@ -156,7 +157,7 @@ class SoftPromptConfig(PromptLearningConfig):
         if self.init == "adapter" and not self.init_adapter:
             raise InvalidConfigError("init='adapter' needs init_adapter=<folder of a saved soft-prompt adapter>.")
         if self.init == "adapter" and self.num_virtual_tokens is None:
-            self.num_virtual_tokens = init_strategies.read_saved_prompt(self.init_adapter).shape[0]
+            self.num_virtual_tokens = read_saved_prompt(self.init_adapter).shape[0]
         if self.num_virtual_tokens is None and self.init != "adapter":
             raise InvalidConfigError(
                 "num_virtual_tokens is required (or use init='text' with text_length_policy='exact')."

@@ -11,7 +11,7 @@ from peft import PeftModel, PromptTuningConfig, PromptTuningInit
 from safetensors.torch import save_file
 
 from .errors import AdapterLoadError
-from .init import check_prompt_tensor, read_saved_prompt
+from .sources import check_prompt_tensor, read_saved_prompt
 
 
 def _source_prompt(source: Any, adapter_name: str) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -15,14 +15,12 @@ import torch
 from torch import nn
 
 from .errors import (
-    AdapterLoadError,
     EmptyInitTextError,
-    HiddenSizeMismatchError,
     InitTextLengthError,
     MissingLabelWordsError,
-    NonFiniteValueError,
     TokenizerNotAvailableError,
 )
+from .sources import check_prompt_tensor, read_saved_prompt
 
 if TYPE_CHECKING:
     from .config import SoftPromptConfig
@@ -165,41 +163,3 @@ INITIALIZERS: dict[str, Callable[[SoftPromptConfig, nn.Embedding, int], torch.Te
     "labels": labels_init,
     "adapter": adapter_init,
 }
-
-
-def read_saved_prompt(folder: str | os.PathLike) -> torch.Tensor:
-    """The final prompt ``[num_virtual_tokens, hidden]`` of a saved PEFT prompt adapter (safetensors only)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = os.path.join(folder, "adapter_model.safetensors")
-    if not os.path.isfile(path):
-        pickle = os.path.join(folder, "adapter_model.bin")
-        hint = (
-            " It has only a pickle (adapter_model.bin), which peft_ext refuses to load."
-            if os.path.exists(pickle)
-            else ""
-        )
-        raise AdapterLoadError(f"No adapter_model.safetensors in {folder}.{hint}")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as error:
-        raise AdapterLoadError(f"{path} is not a readable safetensors file: {error}") from error
-    if "prompt_embeddings" not in tensors:
-        raise AdapterLoadError(f"{path} holds no 'prompt_embeddings' tensor: it is not a prompt adapter.")
-    return tensors["prompt_embeddings"]
-
-
-def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> None:
-    """Refuse a prompt that cannot be put before this model's embeddings."""
-    if prompt.dim() != 2 or prompt.shape[0] < 1:
-        raise HiddenSizeMismatchError(f"{what} must be a [num_tokens, hidden] tensor, got shape {tuple(prompt.shape)}.")
-    if prompt.shape[1] != hidden_size:
-        raise HiddenSizeMismatchError(
-            f"{what} is {prompt.shape[1]} wide but the base model's hidden size is {hidden_size}: "
-            "it was trained for a different model."
-        )
-    if not prompt.is_floating_point():
-        raise HiddenSizeMismatchError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
-    if not torch.isfinite(prompt).all():
-        raise NonFiniteValueError(f"{what} contains NaN or Inf values.")

@@ -7,7 +7,6 @@ prompt's keys/values computed once and kept in a bounded ``PromptKVCache``.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -18,11 +17,11 @@ from typing import Any
 
 import torch
 
-from ._peft_integration import BASE_ADAPTER, INPUT_PROMPT_TYPES, adapter_prompt
-from .errors import AdapterLoadError, AdapterNotFoundError, InvalidConfigError, InvalidRequestError
-from .init import check_prompt_tensor, read_saved_prompt
+from ._peft_integration import BASE_ADAPTER
+from .errors import AdapterNotFoundError, InvalidConfigError, InvalidRequestError
 from .kv_cache import DEFAULT_MAX_BYTES, KVCacheStats, PromptKVCache
 from .prompting import cached_forward, forward_with_prompts, generate_with_prompts, is_encoder_decoder
+from .sources import check_prompt_tensor, load_soft_prompt
 
 
 @dataclass
@@ -30,34 +29,6 @@ class _Loaded:
     prompt: torch.Tensor
     version: int  # part of the KV-cache key: a re-added name never reuses the old prompt's keys/values
     folder: str | None  # where an evicted prompt can be reloaded from
-
-
-def _prompt_from_folder(folder: str) -> torch.Tensor:
-    config_path = os.path.join(folder, "adapter_config.json")
-    if not os.path.isfile(config_path):
-        raise AdapterLoadError(f"No adapter_config.json in {folder}: not a PEFT adapter folder.")
-    with open(config_path, encoding="utf-8") as file:
-        peft_type = json.load(file).get("peft_type")
-    if peft_type not in {str(t.value) for t in INPUT_PROMPT_TYPES}:
-        raise AdapterLoadError(
-            f"The adapter in {folder} is {peft_type}; MultiPromptModel serves soft prompts "
-            f"({', '.join(sorted(str(t.value) for t in INPUT_PROMPT_TYPES))})."
-        )
-    return read_saved_prompt(folder)
-
-
-def _prompt_from_source(source: Any, adapter_name: str) -> tuple[torch.Tensor, str | None]:
-    if isinstance(source, torch.Tensor):
-        return source, None
-    if isinstance(source, (str, os.PathLike)):
-        return _prompt_from_folder(os.fspath(source)), os.fspath(source)
-    if hasattr(source, "prompt_encoder"):  # a PeftModel
-        prompt = adapter_prompt(source, adapter_name)
-        assert prompt is not None
-        return prompt, None
-    raise AdapterLoadError(
-        f"Cannot read a soft prompt from {type(source).__name__}; give an adapter folder, a PeftModel or a tensor."
-    )
 
 
 class MultiPromptModel:
@@ -97,13 +68,15 @@ class MultiPromptModel:
 
     # --- managing prompts ------------------------------------------------------------------------------------------
 
-    def add(self, name: str, source: Any, *, adapter_name: str = "default") -> None:
-        """Load a prompt from an adapter folder, a ``PeftModel`` (its ``adapter_name``) or a ``[n, hidden]`` tensor."""
+    def add(self, name: str, source: Any, *, adapter_name: str | None = None) -> None:
+        """Load a prompt from an adapter folder, a ``PeftModel`` (its ``adapter_name`` adapter, by default the active
+        one) or a ``[n, hidden]`` tensor."""
         if not isinstance(name, str) or not name or name == BASE_ADAPTER:
             raise InvalidConfigError(
                 f"Invalid prompt name {name!r}: use a non-empty string other than {BASE_ADAPTER!r}."
             )
-        prompt, folder = _prompt_from_source(source, adapter_name)
+        prompt = load_soft_prompt(source, adapter_name)
+        folder = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         check_prompt_tensor(prompt, self._hidden_size, f"Soft prompt {name!r}")
         prompt = prompt.detach().to(device=self._device, dtype=self._dtype).contiguous()
         with self._lock:

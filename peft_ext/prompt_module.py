@@ -17,7 +17,8 @@ from torch import nn
 from .config import SoftPromptConfig
 from .encoders import ENCODERS
 from .errors import AdapterLoadError, HiddenSizeMismatchError
-from .init import INITIALIZERS, check_prompt_tensor
+from .init import INITIALIZERS
+from .sources import check_prompt_tensor
 
 TRAINING_STATE_PREFIX = "soft_prompt_training."
 

@@ -103,13 +103,35 @@ def forward_with_prompts(
         batch = prepend_prompts(prompts, inputs_embeds, attention_mask)
         return model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=labels, **kwargs)
     batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
-    return model(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        labels=batch.labels,
+    order = _masked_first(batch.attention_mask)
+    if order is None:
+        return model(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=batch.labels,
+            **kwargs,
+        )
+    # Padding inside a row ([filler][prompt][pads][text]) leaves logits right but misaligns the model's one-step label
+    # shift: the text's first token would be scored from a pad slot. Run with every row's masked slots moved in
+    # front of its prompt, then put the logits back in the caller's layout.
+    mask = batch.attention_mask.gather(1, order)
+    output = model(
+        inputs_embeds=batch.inputs_embeds.gather(1, order[..., None].expand(-1, -1, batch.inputs_embeds.shape[-1])),
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+        labels=None if batch.labels is None else batch.labels.gather(1, order),
         **kwargs,
     )
+    restore = order.argsort(dim=1)
+    output.logits = output.logits.gather(1, restore[..., None].expand(-1, -1, output.logits.shape[-1]))
+    return output
+
+
+def _masked_first(mask: torch.Tensor) -> torch.Tensor | None:
+    """Per-row order moving masked slots to the front (attended ones keep their order), or None if they are."""
+    order = torch.sort(mask, dim=1, stable=True).indices
+    return None if torch.equal(mask.gather(1, order), mask) else order
 
 
 def is_encoder_decoder(model: Any) -> bool:

@@ -1,0 +1,94 @@
+"""Where a soft prompt comes from, and what makes a tensor a usable one.
+
+A prompt is a ``[num_virtual_tokens, hidden]`` float tensor. It can be read from a saved PEFT prompt adapter
+(safetensors only: pickles are refused), taken from a ``PeftModel``'s adapter, or given directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from .errors import AdapterLoadError, HiddenSizeMismatchError, InvalidRequestError, NonFiniteValueError
+
+# PEFT types whose saved ``prompt_embeddings`` is a prompt that enters as input embeddings.
+INPUT_PROMPT_TYPE_NAMES = ("SOFT_PROMPT", "PROMPT_TUNING", "P_TUNING")
+
+
+def read_saved_prompt(folder: str | os.PathLike) -> torch.Tensor:
+    """The final prompt ``[num_virtual_tokens, hidden]`` of a saved PEFT prompt adapter (safetensors only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        pickle = os.path.join(folder, "adapter_model.bin")
+        hint = (
+            " It has only a pickle (adapter_model.bin), which peft_ext refuses to load."
+            if os.path.exists(pickle)
+            else ""
+        )
+        raise AdapterLoadError(f"No adapter_model.safetensors in {folder}.{hint}")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise AdapterLoadError(f"{path} is not a readable safetensors file: {error}") from error
+    if "prompt_embeddings" not in tensors:
+        raise AdapterLoadError(f"{path} holds no 'prompt_embeddings' tensor: it is not a prompt adapter.")
+    return tensors["prompt_embeddings"]
+
+
+def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> None:
+    """Refuse a prompt that cannot be put before this model's embeddings."""
+    if prompt.dim() != 2 or prompt.shape[0] < 1:
+        raise HiddenSizeMismatchError(f"{what} must be a [num_tokens, hidden] tensor, got shape {tuple(prompt.shape)}.")
+    if prompt.shape[1] != hidden_size:
+        raise HiddenSizeMismatchError(
+            f"{what} is {prompt.shape[1]} wide but the base model's hidden size is {hidden_size}: "
+            "it was trained for a different model."
+        )
+    if not prompt.is_floating_point():
+        raise HiddenSizeMismatchError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
+    if not torch.isfinite(prompt).all():
+        raise NonFiniteValueError(f"{what} contains NaN or Inf values.")
+
+
+def read_adapter_prompt(folder: str | os.PathLike[str]) -> torch.Tensor:
+    """The prompt of a saved adapter folder, checked to be an input-prompt adapter by its ``adapter_config.json``."""
+    config_path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(config_path):
+        raise AdapterLoadError(f"No adapter_config.json in {folder}: not a PEFT adapter folder.")
+    try:
+        with open(config_path, encoding="utf-8") as file:
+            peft_type = json.load(file).get("peft_type")
+    except (OSError, ValueError, AttributeError) as error:
+        raise AdapterLoadError(f"{config_path} is not a readable adapter config: {error}") from error
+    if peft_type not in INPUT_PROMPT_TYPE_NAMES:
+        raise AdapterLoadError(
+            f"The adapter in {folder} is {peft_type}; soft prompts are {', '.join(INPUT_PROMPT_TYPE_NAMES)} adapters."
+        )
+    return read_saved_prompt(folder)
+
+
+def load_soft_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
+    """A prompt from a ``[n, hidden]`` tensor, an adapter folder, or a ``PeftModel`` (its ``adapter_name`` adapter,
+    by default the active one)."""
+    if isinstance(source, torch.Tensor):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_adapter_prompt(source)
+    if hasattr(source, "prompt_encoder"):  # a PeftModel
+        from ._peft_integration import adapter_prompt
+
+        name = adapter_name if adapter_name is not None else source.active_adapter
+        prompt = adapter_prompt(source, name)
+        if prompt is None:
+            raise InvalidRequestError(f"Adapter name {name!r} means no soft prompt; name a soft-prompt adapter.")
+        return prompt
+    raise AdapterLoadError(
+        f"Cannot read a soft prompt from {type(source).__name__}; give a [n, hidden] tensor, an adapter folder or a "
+        "PeftModel (with adapter_name)."
+    )

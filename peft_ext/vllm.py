@@ -1,0 +1,122 @@
+"""Serving soft prompts with vLLM through its ``prompt_embeds`` input.
+
+vLLM dropped its prompt adapters (v0.10) but takes precomputed input embeddings: start it with
+``LLM(model, enable_prompt_embeds=True)`` (server: ``--enable-prompt-embeds``) and send
+``{"prompt_embeds": tensor[seq, hidden]}``. A soft prompt is served by sending ``cat([soft_prompt,
+embed(token_ids)])``, which is what PEFT feeds its base model too: the prompt at positions ``0..n-1``, the text from
+``n``. Nothing here imports vLLM.
+
+vLLM tokenises nothing when given embeddings: ``token_ids`` must already hold what the tokenizer would add (BOS, a
+chat template). vLLM's prefix caching matches identical embedding bytes in whole blocks, so requests sharing a soft
+prompt share its cached keys/values when the prompt tensor is the same each time (read it once and reuse it).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from .errors import InvalidRequestError, UnsupportedModelError
+from .sources import check_prompt_tensor, load_soft_prompt
+
+PromptSource = torch.Tensor | str | os.PathLike[str] | PeftModel  # a [n, hidden] tensor, an adapter folder, a PeftModel
+TokenIds = Sequence[int] | torch.Tensor
+
+
+def _embedding_table(model_or_embeddings: Any) -> tuple[Any, torch.Tensor]:
+    """The callable that embeds token ids, and its weight (for vocabulary size, dtype and device)."""
+    if getattr(getattr(model_or_embeddings, "config", None), "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{type(model_or_embeddings).__name__} is an encoder-decoder model; prompt_embeds serve soft prompts on "
+            "decoder-only (causal LM) models."
+        )
+    if isinstance(model_or_embeddings, torch.Tensor):
+        matrix = model_or_embeddings
+        if matrix.dim() != 2 or not matrix.is_floating_point():
+            raise InvalidRequestError(
+                f"An embedding matrix must be a floating-point [vocab, hidden] tensor, got {matrix.dtype} "
+                f"{tuple(matrix.shape)}."
+            )
+        return lambda ids: torch.nn.functional.embedding(ids, matrix), matrix
+    embed = model_or_embeddings
+    if hasattr(model_or_embeddings, "get_input_embeddings"):  # a transformers model or a PeftModel
+        embed = model_or_embeddings.get_input_embeddings()
+    weight = getattr(embed, "weight", None)
+    if not isinstance(embed, torch.nn.Module) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise InvalidRequestError(
+            f"Cannot embed token ids with {type(model_or_embeddings).__name__}; give the base model (or PeftModel), "
+            "its input embedding module, or its [vocab, hidden] embedding matrix."
+        )
+    return embed, weight
+
+
+def _token_tensor(token_ids: TokenIds, vocab_size: int, device: torch.device) -> torch.Tensor:
+    if isinstance(token_ids, torch.Tensor):
+        ids = token_ids[0] if token_ids.dim() == 2 and token_ids.shape[0] == 1 else token_ids  # [1, seq] of one text
+        integer = not (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool)
+        valid = ids.dim() == 1 and integer
+    else:
+        try:
+            values = None if isinstance(token_ids, (str, bytes)) else list(token_ids)
+        except TypeError:  # not iterable
+            values = None
+        integers = [int(v) for v in values or [] if isinstance(v, numbers.Integral) and not isinstance(v, bool)]
+        valid = values is not None and len(integers) == len(values)
+        ids = torch.tensor(integers, dtype=torch.long)
+    if not valid:
+        shown = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(token_ids, torch.Tensor) else repr(token_ids)[:80]
+        raise InvalidRequestError(
+            f"token_ids must be one request's token ids (a list of ints or a 1-D integer tensor), got {shown}; "
+            "vLLM takes one [seq, hidden] tensor per request."
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise InvalidRequestError(
+            f"token_ids must lie in [0, {vocab_size}) for this model's embeddings; got ids from {int(ids.min())} to "
+            f"{int(ids.max())} (a tokenizer of another model?)."
+        )
+    return ids.to(device=device, dtype=torch.long)
+
+
+@torch.no_grad()
+def prompt_embeds(
+    model_or_embeddings: Any,
+    prompt: PromptSource,
+    token_ids: TokenIds,
+    *,
+    adapter_name: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The ``[n + len(token_ids), hidden]`` tensor vLLM takes as ``prompt_embeds``: the soft prompt, then the text.
+
+    ``model_or_embeddings`` is the base model (or a PeftModel on it), its input embedding module, or its
+    ``[vocab, hidden]`` embedding matrix. ``prompt`` is a ``[n, hidden]`` tensor, a saved adapter folder (SOFT_PROMPT,
+    PROMPT_TUNING or P_TUNING), or a PeftModel, whose ``adapter_name`` adapter (default: the active one) is used.
+    ``token_ids`` are one request's ids, special tokens included. The result has the embeddings' dtype and device
+    (``dtype`` overrides: pass the dtype vLLM runs the model in) and no autograd history.
+    """
+    embed, weight = _embedding_table(model_or_embeddings)
+    soft = load_soft_prompt(prompt, adapter_name)
+    check_prompt_tensor(soft, weight.shape[1], "The soft prompt")
+    ids = _token_tensor(token_ids, weight.shape[0], weight.device)
+    text = embed(ids[None])[0]
+    out_dtype = dtype if dtype is not None else text.dtype
+    return torch.cat([soft.detach().to(device=text.device, dtype=out_dtype), text.to(out_dtype)]).contiguous()
+
+
+def embeds_prompt(
+    model_or_embeddings: Any,
+    prompt: PromptSource,
+    token_ids: TokenIds,
+    *,
+    adapter_name: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """One vLLM request (its ``EmbedsPrompt`` dict): ``llm.generate(embeds_prompt(model, "coach", ids), params)``."""
+    return {
+        "prompt_embeds": prompt_embeds(model_or_embeddings, prompt, token_ids, adapter_name=adapter_name, dtype=dtype)
+    }
