@@ -54,6 +54,8 @@ class MultiPromptModel:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.tokenizer = tokenizer
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token  # batching texts needs a pad token; EOS is the usual choice
         self.capacity = capacity
         self.is_encoder_decoder = is_encoder_decoder(model)
         self.reuse_kv = reuse_kv and not self.is_encoder_decoder
@@ -168,11 +170,9 @@ class MultiPromptModel:
                 raise InvalidRequestError("Texts need a tokenizer: pass tokenizer= to MultiPromptModel, or give ids.")
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
             # A decoder appends on the right, so pad left; an encoder's relative positions need the text right after
-            # the prompt, so pad right.
-            self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
-            if self.tokenizer.pad_token_id is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
+            # the prompt, so pad right. Per call: the caller's tokenizer is left as it is.
+            side = "right" if self.is_encoder_decoder else "left"
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=side)
             return encoded["input_ids"].to(self._device), encoded["attention_mask"].to(self._device), True
         input_ids = torch.as_tensor(inputs, device=self._device)
         input_ids = input_ids[None] if input_ids.dim() == 1 else input_ids

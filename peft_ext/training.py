@@ -89,6 +89,7 @@ def train_soft_prompts(
     texts_by_adapter = dict(texts) if isinstance(texts, Mapping) else {model.active_adapter: list(texts)}
     for name in texts_by_adapter:
         model.prompt_encoder[name].requires_grad_(True)  # PEFT adds extra adapters frozen
+    training_args.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # on CPU pinning only warns
     arguments = TrainingArguments(
         output_dir=os.fspath(output_dir),
         max_steps=max_steps,
