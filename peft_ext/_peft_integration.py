@@ -5,7 +5,8 @@ PEFT has no plugin mechanism for prompt methods, so registering one takes four s
 1. add ``SOFT_PROMPT`` to the fixed ``PeftType`` enum (``register_peft_method`` refuses unknown names);
 2. ``register_peft_method`` fills PEFT's config/tuner/prefix mappings, so configs load by ``peft_type``;
 3. wrap ``PeftModel._setup_prompt_encoder`` (a closed if/elif over built-in types) to build our prompt module, and
-   ``_check_new_adapter_config`` so our adapters can load trainable (their encoder is saved, so training resumes);
+   ``_check_new_adapter_config`` and ``from_pretrained`` so our adapters can load trainable (PEFT refuses that for
+   prompts because it loses p-tuning encoders; ours are saved, so training resumes);
 4. wrap ``PeftModelForCausalLM.forward``/``generate`` for our adapters and for per-row ``adapter_names`` on any
    input-prompt adapter, routing both through ``peft_ext.prompting`` with correct positions and prompt KV reuse.
 
