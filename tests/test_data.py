@@ -59,3 +59,10 @@ def test_datasets_folder_and_missing_dataset(tmp_path, monkeypatch):
     assert load_texts(str(folder)) == ["act as a coach", "act as a poet"]
     with pytest.raises(DatasetError, match="could not be loaded"):
         load_texts(str(tmp_path / "no-such-dataset"))
+
+
+def test_missing_data_file_is_not_looked_up_as_a_dataset(tmp_path):
+    from peft_ext.data import load_texts
+
+    with pytest.raises(DatasetError, match=r"quotes.jsonl: no such file"):
+        load_texts(str(tmp_path / "quotes.jsonl"))
