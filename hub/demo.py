@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_ext import MultiPromptModel, SoftPromptConfig
     from peft_ext.base_models import load_base_model
     from peft_ext.data import packaged_prompts, packaged_quotes
-    from peft_ext.plots import plot_losses
+    from peft_ext.plots import plot_before_after, plot_losses
     from peft_ext.training import train_soft_prompts
 
     from . import api
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n  Serving both pulled prompts and the bare base model in one mixed batch:")
     served = stages.run("serve both from one MultiPromptModel", serve)
     plot = plot_losses({"both prompts (mixed batches)": result.losses}, os.path.join(output, "loss.png"))
+    heldout_plot = plot_before_after(losses_before, losses_after, os.path.join(output, "heldout_loss.png"))
     total = time.perf_counter() - started
     summary = {
         "base_model": info.to_dict(),
@@ -208,9 +209,12 @@ def run(args: argparse.Namespace) -> int:
         "heldout_loss": {"before": losses_before, "after": losses_after},
         "store": {"root": str(store.root), "pulled": pulled},
         "seconds": {**stages.seconds, "total": total},
-        "loss_plot": plot,
+        "plots": {"training_loss": plot, "heldout_loss": heldout_plot},
     }
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
-    print(f"\nDone in {total:.0f}s. Artefacts (adapters, store, loss.png, summary.json) in {os.path.abspath(output)}")
+    print(
+        f"\nDone in {total:.0f}s. Artefacts (adapters, store, loss.png, heldout_loss.png, summary.json) in "
+        f"{os.path.abspath(output)}"
+    )
     return 0

@@ -25,3 +25,34 @@ def plot_losses(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return os.fspath(path)
+
+
+def plot_before_after(
+    before: Mapping[str, Mapping[str, float]],
+    after: Mapping[str, Mapping[str, float]],
+    path: str | os.PathLike[str],
+    title: str = "Held-out loss before and after training",
+) -> str:
+    """Grouped bars: for every row (e.g. an adapter) and column (e.g. a dataset), the value before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(after)
+    columns = list(next(iter(after.values())))
+    figure, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.8), sharey=True, squeeze=False)
+    for axis, column in zip(axes[0], columns, strict=True):
+        positions = range(len(rows))
+        axis.bar([p - 0.2 for p in positions], [before[r][column] for r in rows], width=0.4, label="before")
+        axis.bar([p + 0.2 for p in positions], [after[r][column] for r in rows], width=0.4, label="after")
+        axis.set_xticks(list(positions), rows)
+        axis.set_title(f"on {column} data")
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("loss (lower = closer)")
+    axes[0][0].legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return os.fspath(path)
