@@ -1,13 +1,14 @@
 """The only module that touches PEFT internals. Everything here is version-guarded and idempotent.
 
-PEFT has no plugin mechanism for prompt methods, so registering one takes four steps:
+PEFT has no plugin mechanism for prompt methods, so registering one takes five steps:
 
 1. add ``SOFT_PROMPT`` to the fixed ``PeftType`` enum (``register_peft_method`` refuses unknown names);
 2. ``register_peft_method`` fills PEFT's config/tuner/prefix mappings, so configs load by ``peft_type``;
 3. wrap ``PeftModel._setup_prompt_encoder`` (a closed if/elif over built-in types) to build our prompt module, and
    ``_check_new_adapter_config`` and ``from_pretrained`` so our adapters can load trainable (PEFT refuses that for
    prompts because it loses p-tuning encoders; ours are saved, so training resumes);
-4. wrap ``PeftModelForCausalLM.forward``/``generate`` for our adapters and for per-row ``adapter_names`` on any
+4. wrap ``PeftModel.push_to_hub`` (transformers' implementation) so a soft prompt keeps PEFT's model card;
+5. wrap ``PeftModelForCausalLM.forward``/``generate`` for our adapters and for per-row ``adapter_names`` on any
    input-prompt adapter, routing both through ``peft_ext.prompting`` with correct positions and prompt KV reuse.
 
 Each wrapper hands every other case to PEFT's original method unchanged.
@@ -67,6 +68,7 @@ def register() -> None:
     _wrap(PeftModel, "_setup_prompt_encoder", _setup_prompt_encoder)
     _wrap(PeftModel, "_check_new_adapter_config", _check_new_adapter_config)
     _wrap_from_pretrained()
+    _wrap(PeftModel, "push_to_hub", _push_to_hub)
     _wrap(PeftModelForCausalLM, "forward", _forward)
     _wrap(PeftModelForCausalLM, "generate", _generate)
     _registered = True
@@ -174,6 +176,38 @@ def _wrap_from_pretrained() -> None:
 
     from_pretrained.__peft_ext_original__ = original  # type: ignore[attr-defined]
     PeftModel.from_pretrained = classmethod(from_pretrained)  # type: ignore[method-assign, assignment]
+
+
+def _push_to_hub(original: Any, self: Any, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+    """Keep PEFT's model card (``library_name: peft``, ``base_model``) when pushing soft prompts.
+
+    PeftModel.push_to_hub is transformers' implementation, which replaces the card ``save_pretrained`` wrote with a
+    ``library_name: transformers`` template when the repo has none. For our adapters the card PEFT wrote is
+    uploaded instead; an existing card on the Hub is left as it is, as transformers does.
+    """
+    if args or not any(is_soft_prompt(config) for config in self.peft_config.values()):
+        return original(self, repo_id, *args, **kwargs)
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    revision = kwargs.get("revision")
+    api = HfApi(token=kwargs.get("token"))
+    repo_id = api.create_repo(repo_id, private=kwargs.get("private"), exist_ok=True).repo_id
+    has_card = api.file_exists(repo_id, "README.md")  # on the main branch, as transformers checks it
+    if revision is not None and not revision.startswith("refs/pr"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        self.save_pretrained(folder)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=kwargs.get("commit_message") or "Upload soft prompt adapter",
+            commit_description=kwargs.get("commit_description"),
+            revision=revision,
+            create_pr=kwargs.get("create_pr", False),
+            ignore_patterns=["README.md"] if has_card else None,
+        )
 
 
 # --- per-row prompts --------------------------------------------------------------------------------------------------

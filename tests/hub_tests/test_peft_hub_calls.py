@@ -250,6 +250,9 @@ def test_push_to_hub_uploads_the_adapters(hub_run: tuple[Any, dict[str, Any]], m
         assert saved["peft_type"] == peft_type
         assert saved["num_virtual_tokens"] == 4
     assert b"\n---" in v1["README.md"] or v1["README.md"].startswith(b"---")  # a card with YAML metadata
+    # peft_ext keeps PEFT's own card for soft prompts; PEFT's methods keep transformers' behaviour (its template).
+    library = {"soft_prompt": b"library_name: peft", "prompt_tuning": b"library_name: transformers"}[method]
+    assert library in v1["README.md"]
     commit_oid = hub_run[1][method]["v1_oid"]
     assert server.repos[repo_id(method)].tags["v1"] == commit_oid
 
