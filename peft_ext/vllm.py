@@ -13,7 +13,6 @@ prompt share its cached keys/values when the prompt tensor is the same each time
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -56,20 +55,18 @@ def _embedding_table(model_or_embeddings: Any) -> tuple[Any, torch.Tensor]:
 
 
 def _token_tensor(token_ids: TokenIds, vocab_size: int, device: torch.device) -> torch.Tensor:
-    if isinstance(token_ids, torch.Tensor):
-        ids = token_ids[0] if token_ids.dim() == 2 and token_ids.shape[0] == 1 else token_ids  # [1, seq] of one text
-        integer = not (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool)
-        valid = ids.dim() == 1 and integer
-    else:
-        try:
-            values = None if isinstance(token_ids, (str, bytes)) else list(token_ids)
-        except TypeError:  # not iterable
-            values = None
-        integers = [int(v) for v in values or [] if isinstance(v, numbers.Integral) and not isinstance(v, bool)]
-        valid = values is not None and len(integers) == len(values)
-        ids = torch.tensor(integers, dtype=torch.long)
-    if not valid:
-        shown = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(token_ids, torch.Tensor) else repr(token_ids)[:80]
+    """One request's ids as a 1-D long tensor, checked to be integers within the vocabulary."""
+    try:
+        ids = torch.as_tensor(token_ids) if not isinstance(token_ids, (str, bytes)) else None
+    except (TypeError, ValueError, RuntimeError):  # ragged or non-numeric input
+        ids = None
+    if ids is not None and ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]  # [1, seq] as a tokenizer returns for one text
+    if ids is not None and ids.numel() == 0:
+        ids = ids.long()  # an empty list has no integer dtype of its own
+    integer = ids is not None and not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
+    if ids is None or not integer or ids.dim() != 1:
+        shown = f"{ids.dtype} {tuple(ids.shape)}" if ids is not None else repr(token_ids)[:80]
         raise InvalidRequestError(
             f"token_ids must be one request's token ids (a list of ints or a 1-D integer tensor), got {shown}; "
             "vLLM takes one [seq, hidden] tensor per request."
