@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidAdapterError, PickleRefusedError, TensorShapeError
-from .safetensors_check import check_finite, read_header
+from .safetensors_check import load_checked
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -59,12 +59,10 @@ def load_adapter_folder(folder: str | Path, *, allow_pickle: bool = False) -> Ad
 
 def check_weights(data: bytes, config: dict[str, Any], source: str) -> tuple[int, int]:
     """Validate safetensors bytes of a soft prompt; return ``prompt_embeddings``' shape."""
-    tensors, start = read_header(data, source)
+    tensors = load_checked(data, source)
     if PROMPT_KEY not in tensors:
         raise TensorShapeError(f"{source} has no {PROMPT_KEY!r} tensor (found: {sorted(tensors)}).")
-    for info in tensors.values():
-        check_finite(data, start, info, source)
-    shape = tensors[PROMPT_KEY].shape
+    shape = tuple(tensors[PROMPT_KEY].shape)
     if len(shape) != 2 or 0 in shape:
         raise TensorShapeError(f"{PROMPT_KEY!r} in {source} has shape {list(shape)}; expected [num_tokens, hidden].")
     expected_rows = _int(config.get("num_virtual_tokens"))
