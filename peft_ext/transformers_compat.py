@@ -1,0 +1,29 @@
+"""The one place that knows how the transformers versions peft_ext supports differ (see ``pyproject.toml``).
+
+transformers 5.24 renamed the key/value cache argument and output field from ``past_key_values`` to ``cache``
+(the old name is removed from model ``forward`` in 5.40 and from ``generate`` in 6.0). Each call site asks here
+which name the installed version takes, decided from the callee's own signature, so no version number is guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+
+@functools.cache
+def _cache_argument(function: Any) -> str:
+    parameters = inspect.signature(function).parameters  # follows the deprecation wrapper's __wrapped__
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model: Any, method: str = "forward") -> str:
+    """The keyword that ``type(model).<method>`` takes for a key/value cache: ``cache`` or ``past_key_values``."""
+    return _cache_argument(getattr(type(model), method))
+
+
+def output_cache(output: Any) -> Any:
+    """The key/value cache a model output returned, under whichever name the installed transformers uses."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
