@@ -251,7 +251,7 @@ def generate_with_prompts(
         cache, block_mask, longest = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
         ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         mask = torch.cat([block_mask, text_mask.long()], dim=1)
-        generate_kwargs[cache_argument(model, "generate")] = cache
+        generate_kwargs[cache_argument(model)] = cache
         output = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)
         return _without_prefix(output, longest)
     batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)

@@ -18,9 +18,10 @@ def _cache_argument(function: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def cache_argument(model: Any, method: str = "forward") -> str:
-    """The keyword that ``type(model).<method>`` takes for a key/value cache: ``cache`` or ``past_key_values``."""
-    return _cache_argument(getattr(type(model), method))
+def cache_argument(model: Any) -> str:
+    """The keyword for a key/value cache in ``model(...)`` and ``model.generate(...)``: ``cache`` or
+    ``past_key_values``. Read from the model's ``forward`` (``generate`` takes it through ``**kwargs``)."""
+    return _cache_argument(type(model).forward)
 
 
 def output_cache(output: Any) -> Any:
