@@ -28,3 +28,16 @@ def output_cache(output: Any) -> Any:
     """The key/value cache a model output returned, under whichever name the installed transformers uses."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+# Stock PEFT 0.21 prompt-tuning ``generate`` feeds the virtual tokens again at every decoding step from this
+# transformers release on (checked: 5.0.0, 5.12.1, 5.18.0, 5.21.1 and 5.23.0 are right, 5.24.0 is wrong).
+STOCK_PROMPT_GENERATE_BROKEN_SINCE = "5.24.0"
+
+
+def stock_prompt_generate_is_broken() -> bool:
+    """Whether the installed transformers breaks stock PEFT prompt-tuning/p-tuning ``generate``."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version(STOCK_PROMPT_GENERATE_BROKEN_SINCE)

@@ -35,6 +35,7 @@ def _no_deprecated_calls_from_our_code() -> object:
     with fail_on_our_deprecations():
         yield
 
+
 VOCAB_SIZE = 64
 # Untrained models have near-uniform logits; a wide init (initializer_range) gives clear greedy winners.
 WORDS = (
