@@ -121,7 +121,9 @@ def _tokenizer() -> transformers.PreTrainedTokenizerFast:
 def _snapshot(hub_cache: Path, repo_id: str, revision: str = "main") -> tuple[Path, Path]:
     """The snapshot folder and ref file of ``repo_id`` at ``revision`` in the Hub cache layout."""
     repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
-    sha = hashlib.sha1(f"{repo_id}@{revision}#{BUILDER_VERSION}".encode()).hexdigest()
+    # A new builder or transformers version gives new snapshots, so stale stand-ins are never reused.
+    seed = f"{repo_id}@{revision}#{BUILDER_VERSION}#{transformers.__version__}"
+    sha = hashlib.sha1(seed.encode()).hexdigest()
     return repo / "snapshots" / sha, repo / "refs" / revision
 
 
