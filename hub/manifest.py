@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ class Manifest:
     def build(cls, *, task: str, version: SemVer, files: dict[str, bytes], **fields: Any) -> Manifest:
         """A manifest for ``files`` (name -> bytes), stamped with the current time and library versions."""
         entries = {name: FileEntry(sha256_bytes(data), len(data)) for name, data in files.items()}
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return cls(
             task=task, version=version, files=entries, created_at=created, libraries=library_versions(), **fields
         )

@@ -4,7 +4,7 @@ Importing this package registers the ``SOFT_PROMPT`` method with PEFT, so ``get_
 ``PeftModel.from_pretrained``, ``load_adapter`` and ``push_to_hub`` work for it as for PEFT's own methods.
 """
 
-from ._peft_integration import BASE_ADAPTER, adapter_prompt, register
+from ._peft_integration import BASE_ADAPTER, adapter_prompt, register, use_exact_generate
 from .config import SoftPromptConfig
 from .errors import PeftExtError
 from .export import export_prompt_tuning
@@ -30,4 +30,5 @@ __all__ = [
     "forward_with_prompts",
     "generate_with_prompts",
     "register",
+    "use_exact_generate",
 ]

@@ -43,6 +43,8 @@ TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
 BASE_ADAPTER = "__base__"  # adapter name meaning "no prompt" for a row; None works too
 INPUT_PROMPT_TYPES: set[Any] = set()  # filled at registration from sources.INPUT_PROMPT_TYPE_NAMES
 
+_EXACT_GENERATE = "_peft_ext_exact_generate"  # set on a PeftModel by use_exact_generate
+
 _registered = False
 
 
@@ -112,6 +114,7 @@ def _setup_prompt_encoder(original: Any, self: Any, adapter_name: str) -> None:
     config: Any = self.peft_config[adapter_name]
     if not is_soft_prompt(config):
         return original(self, adapter_name)
+    config.check_ready()
     base = self.base_model
     if config.task_type != TaskType.CAUSAL_LM or getattr(base.config, "is_encoder_decoder", False):
         raise UnsupportedModelError(
@@ -265,10 +268,41 @@ def _kv_cache(model: PeftModel) -> PromptKVCache:
     return cache
 
 
-def _takes_over(model: PeftModel, adapter_names: Any) -> bool:
+def _takes_over(model: PeftModel, adapter_names: Any, generating: bool = False) -> bool:
     if not model._is_prompt_learning:
         return False
-    return adapter_names is not None or is_soft_prompt(model.active_peft_config)
+    routed = generating and model.__dict__.get(_EXACT_GENERATE, False)
+    return adapter_names is not None or routed or is_soft_prompt(model.active_peft_config)
+
+
+def use_exact_generate(model: PeftModel, enabled: bool = True) -> PeftModel:
+    """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING`` adapters through peft_ext's path.
+
+    Stock PEFT 0.21 prompt-tuning ``generate`` is wrong with transformers >= 5.24 (it feeds the virtual tokens again
+    at every decoding step: wrong tokens on RoPE models, index errors on GPT-2/OPT); its ``forward`` is right. With
+    this opt-in, ``generate`` prepends the active adapter's prompt once, as SOFT_PROMPT adapters always do, and gives
+    the tokens that greedy decoding with PEFT's own ``forward`` gives. ``forward`` is left to PEFT. Returns ``model``.
+    """
+    if not isinstance(model, PeftModelForCausalLM):
+        raise UnsupportedModelError(
+            f"use_exact_generate takes a PeftModelForCausalLM (task_type='CAUSAL_LM'), got {type(model).__name__}."
+        )
+    for name, config in model.peft_config.items():
+        if config.peft_type not in INPUT_PROMPT_TYPES:
+            raise UnsupportedModelError(
+                f"Adapter {name!r} is {config.peft_type}; use_exact_generate works for prompts that enter as input "
+                "embeddings (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."
+            )
+    model.__dict__[_EXACT_GENERATE] = enabled
+    return model
+
+
+def _row_prompts(model: PeftModel, names: Sequence[str | None]) -> tuple[list[Any], list[Any]]:
+    """Each row's prompt and KV-cache key, every distinct adapter's prompt computed once for the whole batch."""
+    distinct = dict.fromkeys(names)
+    prompts = {name: adapter_prompt(model, name) for name in distinct}
+    keys = {name: _kv_key(model, name) for name in distinct}
+    return [prompts[name] for name in names], [keys[name] for name in names]
 
 
 def _forward(
@@ -287,8 +321,7 @@ def _forward(
         return original(self, input_ids, attention_mask, inputs_embeds, labels, **kwargs)
     kwargs.pop("task_ids", None)
     batch = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]  # type: ignore[union-attr]
-    names = _row_adapters(self, adapter_names, batch)
-    prompts = [adapter_prompt(self, name) for name in names]
+    prompts, _ = _row_prompts(self, _row_adapters(self, adapter_names, batch))
     return forward_with_prompts(
         self.get_base_model(), prompts, input_ids, attention_mask, inputs_embeds, labels, **kwargs
     )
@@ -296,7 +329,10 @@ def _forward(
 
 def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
     adapter_names = kwargs.pop("adapter_names", None)
-    if not _takes_over(self, adapter_names):
+    if self._is_prompt_learning and getattr(self, "_adapters_disabled", False):
+        # Inside ``disable_adapter()`` PEFT swaps ``forward`` for the base model's; generation must follow it.
+        return self.get_base_model().generate(*args, **kwargs)
+    if not _takes_over(self, adapter_names, generating=True):
         if adapter_names is not None:
             kwargs["adapter_names"] = adapter_names
         return original(self, *args, **kwargs)
@@ -304,9 +340,7 @@ def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
     if input_ids is None:
         raise InvalidRequestError("generate with soft prompts needs input_ids.")
     attention_mask = kwargs.pop("attention_mask", None)
-    names = _row_adapters(self, adapter_names, input_ids.shape[0])
-    prompts = [adapter_prompt(self, name) for name in names]
-    keys = [_kv_key(self, name) for name in names]
+    prompts, keys = _row_prompts(self, _row_adapters(self, adapter_names, input_ids.shape[0]))
     return generate_with_prompts(
         self.get_base_model(), prompts, input_ids, attention_mask, keys=keys, kv_cache=_kv_cache(self), **kwargs
     )

@@ -113,7 +113,10 @@ class SoftPromptConfig(PromptLearningConfig):
         if self.tokenizer is not None:
             self._resolve_with_tokenizer(self.tokenizer)
             self.tokenizer = None  # used once; the ids it produced are what gets saved
-        self._check_resolved()
+        if self.init == "adapter" and self.init_adapter and self.num_virtual_tokens is None:
+            self.num_virtual_tokens = read_saved_prompt(self.init_adapter).shape[0]
+        # Whether the init has all it needs is checked when a model is built (``check_ready``), not here: PEFT builds
+        # every config class with no arguments (``PeftConfig.from_peft_type``) and fills fields in later.
 
     def _check_strategy_names(self) -> None:
         if self.init not in init_strategies.INITIALIZERS:
@@ -138,8 +141,8 @@ class SoftPromptConfig(PromptLearningConfig):
         if self.init == "labels" and self.label_token_ids is None:
             self.label_token_ids = init_strategies.label_token_ids(self, tokenizer)
 
-    def _check_resolved(self) -> None:
-        """A config that will initialise a prompt must carry everything that init needs."""
+    def check_ready(self) -> None:
+        """Raise a named error unless this config carries everything its init needs; called when a model is built."""
         if self.inference_mode:
             return
         if self.init == "text" and self.init_token_ids is None:
@@ -156,8 +159,6 @@ class SoftPromptConfig(PromptLearningConfig):
             )
         if self.init == "adapter" and not self.init_adapter:
             raise InvalidConfigError("init='adapter' needs init_adapter=<folder of a saved soft-prompt adapter>.")
-        if self.init == "adapter" and self.num_virtual_tokens is None:
-            self.num_virtual_tokens = read_saved_prompt(self.init_adapter).shape[0]
         if self.num_virtual_tokens is None and self.init != "adapter":
             raise InvalidConfigError(
                 "num_virtual_tokens is required (or use init='text' with text_length_policy='exact')."

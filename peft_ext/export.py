@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 from .errors import AdapterLoadError
 from .sources import check_prompt_tensor, read_saved_prompt
+from .transformers_compat import STOCK_PROMPT_GENERATE_BROKEN_SINCE, stock_prompt_generate_is_broken
 
 
 def _source_prompt(source: Any, adapter_name: str) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -34,8 +36,17 @@ def export_prompt_tuning(source: Any, output_dir: str | os.PathLike, adapter_nam
     """Write ``source`` (an adapter folder or a ``PeftModel``) as a stock PEFT prompt-tuning adapter.
 
     The result holds only the final prompt, so plain ``peft`` loads it in a process that never imported peft_ext
-    and produces identical logits. Returns the output folder.
+    and produces identical logits. Returns the output folder. Stock PEFT's prompt-tuning ``generate`` is wrong with
+    transformers >= 5.24 (its ``forward`` is right): where that is installed, a warning says so and names the fix.
     """
+    if stock_prompt_generate_is_broken():
+        warnings.warn(
+            f"Stock PEFT prompt-tuning generate is wrong with transformers>={STOCK_PROMPT_GENERATE_BROKEN_SINCE} "
+            "(it repeats the virtual tokens at every step); forward is right. Users of the exported adapter should "
+            "generate through peft_ext.use_exact_generate(model), keep SOFT_PROMPT, or pin transformers<5.24.",
+            UserWarning,
+            stacklevel=2,
+        )
     prompt, config = _source_prompt(source, adapter_name)
     check_prompt_tensor(prompt, prompt.shape[1], "The prompt to export")
     stock = PromptTuningConfig(

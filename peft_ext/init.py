@@ -40,13 +40,10 @@ def load_local_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def _generator(config: SoftPromptConfig) -> torch.Generator:
-    generator = torch.Generator()
-    if config.init_seed is not None:
-        generator.manual_seed(config.init_seed)
-    else:
-        generator.seed()
-    return generator
+def _generator(config: SoftPromptConfig) -> torch.Generator | None:
+    """A private generator seeded by ``init_seed``; unset, draws follow the global seed (``torch.manual_seed``,
+    ``transformers.set_seed``) as PEFT's own inits do, so a seeded script gives the same prompt every run."""
+    return None if config.init_seed is None else torch.Generator().manual_seed(config.init_seed)
 
 
 def _sample_vocab_ids(config: SoftPromptConfig, vocab_size: int, count: int) -> list[int]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .transformers_compat import output_cache
+
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape [1, heads, n, head_dim]
 
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -38,7 +40,7 @@ def compute_prompt_kv(model: Any, prompt: torch.Tensor) -> LayerKV:
     positions = torch.arange(prompt.shape[0], device=device)[None]
     with torch.no_grad():
         output = model(inputs_embeds=embeds, position_ids=positions, use_cache=True)
-    return [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+    return [(layer.keys, layer.values) for layer in output_cache(output).layers]
 
 
 def kv_bytes(kv: LayerKV) -> int:

@@ -1,9 +1,12 @@
 """``SoftPromptEncoder``: the prompt module PEFT builds for a ``SoftPromptConfig`` adapter.
 
-PEFT reads ``embedding.weight`` as the prompt in inference mode, so a loaded adapter holds only the final prompt and
-builds no encoder. A trainable one holds the trained vectors in ``embedding``, the reparameterization encoder, and the
-frozen anchor values. Saving writes the final prompt as ``prompt_embeddings`` (what stock PEFT reads) plus, for
-reparameterized prompts, the training state under ``TRAINING_STATE_PREFIX`` so training resumes where it stopped.
+The module holds the same tensors whether it was built to train or loaded for inference, so a reloaded adapter's
+``state_dict()`` equals the saved one: ``embedding`` (the trained vectors), the reparameterization ``encoder`` (no
+parameters for 'direct') and, with anchors, the frozen ``anchor_values``. ``prompt()`` is always
+``anchors + encoder(vectors)[k:]``. Saving writes that final prompt as ``prompt_embeddings`` (what stock PEFT and every
+reader of a folder use) plus, for reparameterized prompts, the vectors and encoder under ``TRAINING_STATE_PREFIX``,
+so training resumes and a re-saved inference load keeps them. A reparameterized adapter saved without them (by an
+older release, or exported) loads for inference as its final prompt, with the encoder dropped.
 """
 
 from __future__ import annotations
@@ -31,27 +34,35 @@ class SoftPromptEncoder(BasePromptEncoder):
         num_tokens, hidden = config.num_virtual_tokens, config.token_dim
         self.reparameterization = config.reparameterization
         self.num_anchor_tokens = config.num_anchor_tokens
+        self.inference_mode = bool(config.inference_mode)
         self.embedding = nn.Embedding(num_tokens, hidden)
-        self.encoder: nn.Module | None = None
-        if config.inference_mode:
-            return
-        self.encoder = ENCODERS[config.reparameterization](hidden, config)
-        values = self._initial_values(config, word_embeddings) if initialize else self.embedding.weight.detach()
+        self.encoder: nn.Module | None = ENCODERS[config.reparameterization](hidden, config)
+        if self.num_anchor_tokens:
+            self.register_buffer("anchor_values", torch.zeros(self.num_anchor_tokens, hidden))
+        # The direct prompt's anchor rows of ``embedding`` are never read (the anchors replace them); keep them equal
+        # to the anchors in every state dict, so that a save/load round trip reproduces it exactly.
+        self.register_state_dict_pre_hook(lambda module, *_: module._pin_unused_anchor_rows())
+        if config.inference_mode or not initialize:
+            return  # the saved weights are loaded next
+        values = INITIALIZERS[config.init](config, word_embeddings, num_tokens)
+        check_prompt_tensor(values, hidden, f"The {config.init!r} init")
         with torch.no_grad():
             self.embedding.weight.copy_(values)
-        self.register_buffer("anchor_values", values[: self.num_anchor_tokens].clone())
+            if self.num_anchor_tokens:
+                self.anchor_values.copy_(values[: self.num_anchor_tokens])  # type: ignore[operator]
 
-    @staticmethod
-    def _initial_values(config: SoftPromptConfig, word_embeddings: nn.Embedding) -> torch.Tensor:
-        values = INITIALIZERS[config.init](config, word_embeddings, config.num_virtual_tokens)
-        check_prompt_tensor(values, config.token_dim, f"The {config.init!r} init")
-        return values
+    @property
+    def _trains_vectors_directly(self) -> bool:
+        return self.encoder is None or not any(True for _ in self.encoder.parameters())
+
+    def _pin_unused_anchor_rows(self) -> None:
+        if self.num_anchor_tokens and self._trains_vectors_directly:
+            with torch.no_grad():
+                self.embedding.weight[: self.num_anchor_tokens] = self.anchor_values
 
     def prompt(self) -> torch.Tensor:
         """The final prompt; differentiable with respect to the trained vectors and encoder in training mode."""
-        if self.encoder is None:
-            return self.embedding.weight
-        values = self.encoder(self.embedding.weight)
+        values = self.embedding.weight if self.encoder is None else self.encoder(self.embedding.weight)
         if self.num_anchor_tokens:
             anchors: torch.Tensor = self.anchor_values  # type: ignore[assignment]
             values = torch.cat([anchors.to(values.dtype), values[self.num_anchor_tokens :]])
@@ -72,7 +83,8 @@ class SoftPromptEncoder(BasePromptEncoder):
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             tensors = {"prompt_embeddings": self.prompt().detach().cpu().contiguous()}
-            if self.encoder is not None and self.reparameterization != "direct":
+            if not self._trains_vectors_directly:
+                assert self.encoder is not None
                 tensors[TRAINING_STATE_PREFIX + "input_embeddings"] = self.embedding.weight.detach().cpu().clone()
                 for name, value in self.encoder.state_dict().items():
                     tensors[f"{TRAINING_STATE_PREFIX}encoder.{name}"] = value.detach().cpu().clone()
@@ -89,22 +101,25 @@ class SoftPromptEncoder(BasePromptEncoder):
             )
         check_prompt_tensor(prompt, self.embedding.weight.shape[1], "The saved prompt")
         with torch.no_grad():
-            if self.encoder is None or self.reparameterization == "direct":
+            if self._trains_vectors_directly:
                 self.embedding.weight.copy_(prompt)
-            else:
+            elif TRAINING_STATE_PREFIX + "input_embeddings" in state_dict:
                 self._load_training_state(state_dict)
-            if self.encoder is not None:
+            elif not self.inference_mode:
+                raise AdapterLoadError(
+                    f"This {self.reparameterization!r} adapter was saved without its encoder weights (e.g. exported "
+                    "or saved by an older release), so its training cannot resume; load it for inference instead."
+                )
+            else:
+                self.encoder = None  # inference needs only the final prompt
+                self.embedding.weight.copy_(prompt)
+            if self.num_anchor_tokens:
                 self.anchor_values.copy_(prompt[: self.num_anchor_tokens])  # type: ignore[operator]
 
     def _load_training_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         training = {
             k[len(TRAINING_STATE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(TRAINING_STATE_PREFIX)
         }
-        if "input_embeddings" not in training:
-            raise AdapterLoadError(
-                f"This {self.reparameterization!r} adapter was saved without its encoder weights (e.g. exported or "
-                "saved by stock PEFT), so its training cannot resume; load it for inference instead."
-            )
         assert self.encoder is not None
         self.embedding.weight.copy_(training.pop("input_embeddings"))
         encoder_state = {k.removeprefix("encoder."): v for k, v in training.items()}

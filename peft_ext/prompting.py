@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from .errors import InvalidRequestError, UnsupportedModelError
 from .kv_cache import LayerKV, PromptKVCache
+from .transformers_compat import cache_argument
 
 RowPrompts = Sequence[torch.Tensor | None]
 
@@ -203,7 +204,8 @@ def cached_forward(
     text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     mask = torch.cat([block_mask, text_mask.long()], dim=1)
     positions = positions_from_mask(mask)[:, block_mask.shape[1] :]
-    return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, **kwargs)
+    kwargs[cache_argument(model)] = cache
+    return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
 
 
 def _filler_ids(input_ids: torch.Tensor, text_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -226,9 +228,10 @@ def generate_with_prompts(
     kv_cache: PromptKVCache | None = None,
     reuse_kv: bool = True,
     **generate_kwargs: Any,
-) -> torch.Tensor:
-    """``model.generate`` with a prompt per row; returns what plain ``generate`` returns (for a decoder-only model
-    ``[batch, text + new tokens]``, for an encoder-decoder the decoder's tokens).
+) -> Any:
+    """``model.generate`` with a prompt per row; returns what plain ``generate`` returns for the same arguments (for a
+    decoder-only model ``[batch, text + new tokens]``, or a ``GenerateOutput`` with ``return_dict_in_generate``; for
+    an encoder-decoder the decoder's tokens).
 
     With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, they enter
     as input embeddings. Both give the same tokens. Encoder-decoder models always recompute.
@@ -248,12 +251,22 @@ def generate_with_prompts(
         cache, block_mask, longest = _cached_prefix(model, prompts, keys, kv_cache, input_ids.device)
         ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         mask = torch.cat([block_mask, text_mask.long()], dim=1)
-        output = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
-        return output[:, longest:]
+        generate_kwargs[cache_argument(model)] = cache
+        output = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)
+        return _without_prefix(output, longest)
     batch = prepend_prompts(prompts, model.get_input_embeddings()(input_ids), text_mask)
     longest = batch.prefix_length
     ids = torch.cat([_filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
     output = model.generate(
         input_ids=ids, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs
     )
-    return output[:, longest:]
+    return _without_prefix(output, longest)
+
+
+def _without_prefix(output: Any, longest: int) -> Any:
+    """``generate``'s result with the prompt block's stand-in ids removed: a tensor, or a ``GenerateOutput`` whose
+    ``sequences`` start at the caller's text (per-step ``scores``/``logits`` cover new tokens only already)."""
+    if isinstance(output, torch.Tensor):
+        return output[:, longest:]
+    output.sequences = output.sequences[:, longest:]
+    return output

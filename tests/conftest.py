@@ -1,9 +1,16 @@
-"""Tiny models of the three position schemes (Llama: RoPE, GPT-2: absolute, Bloom: ALiBi), built from configs."""
+"""Tiny models of the three position schemes (Llama: RoPE, GPT-2: absolute, Bloom: ALiBi), built from configs.
+
+Also the suite's rules for a busy machine and a moving dependency set: Hypothesis runs without deadlines or speed
+health checks (a loaded 2-core machine is slow, not wrong), and a deprecation warning caused by a call in
+``peft_ext`` or ``hub`` fails the test that triggered it (``deprecations.py``).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from deprecations import fail_on_our_deprecations
+from hypothesis import HealthCheck, settings
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BloomConfig,
@@ -16,6 +23,18 @@ from transformers import (
 )
 
 import peft_ext  # noqa: F401  (registers SOFT_PROMPT)
+
+settings.register_profile(
+    "peft-ext", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("peft-ext")
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecated_calls_from_our_code() -> object:
+    with fail_on_our_deprecations():
+        yield
+
 
 VOCAB_SIZE = 64
 # Untrained models have near-uniform logits; a wide init (initializer_range) gives clear greedy winners.

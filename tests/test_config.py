@@ -88,7 +88,7 @@ def test_missing_tokenizer_folder_is_not_fetched(tmp_path):
 
 def test_text_init_without_tokenizer():
     with pytest.raises(TokenizerNotAvailableError):
-        SoftPromptConfig(task_type="CAUSAL_LM", init="text", init_text=TEXT, num_virtual_tokens=8)
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="text", init_text=TEXT, num_virtual_tokens=8))
 
 
 def test_empty_text(tiny_tokenizer):
@@ -129,7 +129,7 @@ def test_labels_init_averages_sub_tokens(tiny_tokenizer):
 
 def test_labels_errors(tiny_tokenizer):
     with pytest.raises(InvalidConfigError, match="label_words"):
-        SoftPromptConfig(task_type="CAUSAL_LM", init="labels", num_virtual_tokens=3)
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="labels", num_virtual_tokens=3))
     with pytest.raises(MissingLabelWordsError, match="tokenises to no tokens"):
         SoftPromptConfig(
             task_type="CAUSAL_LM",
@@ -205,4 +205,47 @@ def test_residual_starts_at_its_init(tiny_tokenizer):
 def test_bad_fields_raise_named_errors(kwargs, error):
     arguments = {"task_type": "CAUSAL_LM", "num_virtual_tokens": 8, **kwargs}
     with pytest.raises(error):
-        SoftPromptConfig(**arguments)
+        _prompt_of(SoftPromptConfig(**arguments))  # at construction, or at the latest when a model is built
+
+
+def test_configs_construct_as_peft_constructs_them():
+    # PEFT builds every config class with no arguments (PeftConfig.from_peft_type, PEFT's test_from_peft_type) and
+    # fills fields in later; what an init still lacks is reported when a model is built.
+    from peft import PeftConfig, PeftType
+
+    config = PeftConfig.from_peft_type(peft_type=PeftType.SOFT_PROMPT)
+    assert isinstance(config, SoftPromptConfig) and config.peft_type == PeftType.SOFT_PROMPT
+    assert isinstance(SoftPromptConfig(), SoftPromptConfig)
+    with pytest.raises(InvalidConfigError, match="num_virtual_tokens is required"):
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"init": "random"},
+        {"init": "vocab"},
+        {"init": "labels", "label_words": ["good", "bad"]},
+        {"init": "text", "init_text": "be kind", "text_length_policy": "pad"},
+    ],
+)
+def test_unseeded_inits_follow_the_global_seed(tiny_tokenizer, kwargs):
+    def prompt_with_global_seed(seed: int) -> torch.Tensor:
+        model = make_model()  # seeds torch itself; the seed under test is set after it
+        torch.manual_seed(seed)
+        config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, tokenizer=tiny_tokenizer, **kwargs)
+        return get_peft_model(model, config).prompt_encoder["default"].prompt().detach().clone()
+
+    first, again, other = prompt_with_global_seed(0), prompt_with_global_seed(0), prompt_with_global_seed(1)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    assert not torch.equal(other, first)
+
+    def prompt_with_init_seed(global_seed: int) -> torch.Tensor:
+        model = make_model()
+        torch.manual_seed(global_seed)
+        config = SoftPromptConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=6, tokenizer=tiny_tokenizer, init_seed=7, **kwargs
+        )
+        return get_peft_model(model, config).prompt_encoder["default"].prompt().detach().clone()
+
+    torch.testing.assert_close(prompt_with_init_seed(0), prompt_with_init_seed(1), atol=0, rtol=0)

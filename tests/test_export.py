@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import make_model
 from peft import get_peft_model
@@ -56,3 +57,41 @@ def test_export_from_a_peft_model(tmp_path):
     exported = load_file(tmp_path / "adapter_model.safetensors")
     assert list(exported) == ["prompt_embeddings"]
     torch.testing.assert_close(exported["prompt_embeddings"], model.prompt_encoder["default"].prompt().detach())
+
+
+def test_export_warns_where_stock_prompt_generate_is_broken(tmp_path):
+    """The export hands users to stock PEFT's prompt-tuning generate; where the installed transformers breaks it
+    (>= 5.24, checked against PEFT's forward in test_peft_contract.py), the export says so."""
+    import warnings
+
+    import transformers
+    from packaging.version import Version
+
+    model = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, init_seed=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_prompt_tuning(model, tmp_path)
+    messages = [str(w.message) for w in caught if "use_exact_generate" in str(w.message)]
+    assert len(messages) == (1 if Version(transformers.__version__) >= Version("5.24.0") else 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # RoPE and absolute positions; ALiBi (Bloom) comes out right
+def test_stock_prompt_generate_breakage_is_where_we_say(family):
+    """Guards the version boundary the warning and README state: stock generate disagrees with stock forward exactly
+    when ``stock_prompt_generate_is_broken()``."""
+    from peft import PromptTuningConfig
+
+    from peft_ext.transformers_compat import stock_prompt_generate_is_broken
+
+    model = get_peft_model(make_model(family), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.mul_(8)
+        ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+        expected = ids
+        for _ in range(5):
+            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    try:
+        right = torch.equal(model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=0), expected)
+    except (IndexError, RuntimeError):
+        right = False
+    assert right != stock_prompt_generate_is_broken()

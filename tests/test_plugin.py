@@ -36,10 +36,16 @@ def test_registers_a_real_peft_type():
     assert list(PeftType).count(PeftType.SOFT_PROMPT) == 1
 
 
+@pytest.mark.parametrize("anchors", [0, 2])
 @pytest.mark.parametrize("reparameterization", REPARAMETERIZATIONS)
-def test_save_reload_gives_identical_logits(family, reparameterization, tmp_path):
+def test_save_reload_gives_identical_logits(family, reparameterization, anchors, tmp_path):
     config = SoftPromptConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=4, init="vocab", init_seed=0, reparameterization=reparameterization
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=4,
+        init="vocab",
+        init_seed=0,
+        reparameterization=reparameterization,
+        num_anchor_tokens=anchors,
     )
     model = get_peft_model(make_model(family), config)
     _train_a_step(model)
@@ -48,7 +54,11 @@ def test_save_reload_gives_identical_logits(family, reparameterization, tmp_path
     model.save_pretrained(tmp_path)
     assert PeftConfig.from_pretrained(tmp_path).peft_type == "SOFT_PROMPT"
     loaded = PeftModel.from_pretrained(make_model(family), tmp_path).eval()
-    assert loaded.prompt_encoder["default"].encoder is None  # inference loads only the final prompt
+    # The reloaded model holds exactly the saved tensors (encoder and anchors included), as PEFT's own methods do.
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    for key, value in saved_state.items():
+        torch.testing.assert_close(loaded_state[key], value, atol=0, rtol=0, msg=key)
     with torch.no_grad():
         after = loaded(input_ids=IDS).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)

@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -110,7 +110,7 @@ class LocalStore(Store):
             marker = folder / ".yanked" / f"{version}.json"
             if yanked:
                 marker.parent.mkdir(exist_ok=True)
-                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
                 _atomic_write(marker, json.dumps({"reason": reason, "yanked_at": stamp}).encode())
             else:
                 marker.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -125,7 +125,7 @@ class FakeHub:
     def new_commit(self, repo: Repo, parent: str | None, files: dict[str, bytes], title: str, message: str) -> str:
         self._counter += 1
         oid = hashlib.sha1(f"{repo.repo_id}:{self._counter}:{time.time_ns()}".encode()).hexdigest()
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         repo.commits[oid] = Commit(oid, parent, files, title, message, date)
         return oid
 
