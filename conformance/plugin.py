@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import sys
+import tomllib
 import types
 from collections import defaultdict
 from pathlib import Path
@@ -28,11 +29,6 @@ from typing import Any
 import pytest
 
 from conformance import stand_ins
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 EXPECTATIONS = Path(__file__).with_name("not_applicable.toml")
 VARIANT_MARK = "soft_prompt_variant"

@@ -22,16 +22,12 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
