@@ -145,8 +145,13 @@ def load_not_applicable() -> list[dict[str, str]]:
         return list(tomllib.load(f).get("not_applicable", []))
 
 
+def _test_name(nodeid: str) -> str:
+    return nodeid.split("[")[0].rsplit("::", 1)[-1]
+
+
 def judge_soft_prompt(result: dict[str, Any], not_applicable: list[dict[str, str]]) -> dict[str, Any]:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    skip_reasons: Counter[str] = Counter()
     failures, listed, stale, deselected = [], [], [], []
     for nodeid, meta in sorted(result["meta"].items()):
         if "deselected" in meta:
@@ -157,6 +162,8 @@ def judge_soft_prompt(result: dict[str, Any], not_applicable: list[dict[str, str
         architecture = meta["architecture"]
         if outcome["outcome"] in ("passed", "skipped"):
             counts[architecture][outcome["outcome"]] += 1
+            if outcome["outcome"] == "skipped":  # PEFT's own skips, e.g. "Prompt learning does not support merging"
+                skip_reasons[f"{_test_name(nodeid)}: {outcome.get('message', '')}"] += 1
             if entry:
                 stale.append({"id": nodeid, "pattern": entry["pattern"]})
         elif entry:
@@ -170,6 +177,7 @@ def judge_soft_prompt(result: dict[str, Any], not_applicable: list[dict[str, str
         "failures": failures,
         "not_applicable": listed,
         "listed_but_passing": stale,
+        "skip_reasons": dict(sorted(skip_reasons.items())),
         "deselected": deselected,
     }
 
@@ -197,7 +205,7 @@ def group_failures(failures: list[dict[str, Any]]) -> dict[tuple[str, str], list
     """Failures by test function and first message line: one line each on the console (all ids are in the JSON)."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for failure in failures:
-        test = failure["id"].split("[")[0].rsplit("::", 1)[-1]
+        test = _test_name(failure["id"])
         message = (failure.get("message") or "").splitlines()[0] if failure.get("message") else ""
         groups[(test, message[:160])].append(failure["id"])
     return groups
@@ -214,6 +222,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for counts in soft["by_architecture"].values():
         totals.update(counts)
     print(f"  {'total':<14}" + "".join(f"{totals.get(c, 0):>16}" for c in columns))
+    print("  skipped by PEFT's tests themselves:")
+    for reason, count in soft["skip_reasons"].items():
+        print(f"    {count:>4} {reason[:150]}")
     if soft["deselected"]:
         print(f"  deselected (need the Hub): {len(soft['deselected'])}")
     for (test, message), ids in group_failures(soft["failures"]).items():
