@@ -30,6 +30,7 @@ the versions already pulled are listed from the cache, with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -45,11 +46,13 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_downloa
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionResolutionError
 from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils.sha import git_hash
 
 from ..card import CardRow, render_card
 from ..errors import (
     ConcurrentUpdateError,
     HubError,
+    IntegrityError,
     InvalidArgumentError,
     InvalidEndpointError,
     NotFoundError,
@@ -421,16 +424,28 @@ class HfStore(Store):
             raise NotFoundError(f"{repo}: version tag {tag} does not exist at {self.endpoint}.") from None
 
     def _download(self, repo: str, filename: str, commit: str) -> bytes:
-        path = hf_hub_download(
-            repo,
-            filename,
-            revision=commit,
-            endpoint=self.endpoint,
-            token=self._token,
-            cache_dir=self.cache_dir,
-            etag_timeout=self.timeout_s,
+        """A file's bytes at ``commit``, checked against the blob name huggingface_hub files it under (its ETag: git
+        blob sha1, or sha256 for LFS files); a cached blob that does not match is dropped and downloaded once more."""
+        for _attempt in range(2):
+            link = Path(
+                hf_hub_download(
+                    repo,
+                    filename,
+                    revision=commit,
+                    endpoint=self.endpoint,
+                    token=self._token,
+                    cache_dir=self.cache_dir,
+                    etag_timeout=self.timeout_s,
+                )
+            )
+            data, blob = link.read_bytes(), link.resolve()
+            if blob.name in (git_hash(data), hashlib.sha256(data).hexdigest()) or blob == link:
+                return data
+            link.unlink()
+            blob.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"{repo}/{filename} at {commit[:12]} arrived twice with bytes that do not match its ETag; retry later."
         )
-        return Path(path).read_bytes()
 
     def _manifest_at(self, repo: str, task: str, version: SemVer, commit: str) -> Manifest:
         name = f"{task}/{version}/{MANIFEST_FILE}"

@@ -205,6 +205,34 @@ def test_item5_pulls_retry_5xx_truncation_and_stalls(
     assert (folder / WEIGHTS).read_bytes() == (source / WEIGHTS).read_bytes()
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ProxyFault("POST", r"/commit/", status=500, after=True),
+        ProxyFault("POST", r"/commit/", kind="truncate"),
+        ProxyFault("POST", r"/commit/", kind="stall", delay=4.0),
+        ProxyFault("POST", r"/preupload/", kind="truncate"),
+        ProxyFault("POST", r"/tag/", status=503, after=True),
+        ProxyFault("POST", r"/tag/", kind="stall", delay=4.0),
+        ProxyFault("GET", r"/resolve/.*peft_ext_index\.json$", kind="corrupt"),
+    ],
+    ids=lambda f: (
+        f"{f.method}-{f.path.strip('/').split('/')[0] or 'x'}-{f.kind}{f.status if f.kind == 'status' else ''}"
+    ),
+)
+def test_pushes_through_a_faulty_proxy_leave_exactly_one_version(
+    proxied_store: HfStore, fault_proxy: FaultProxy, fake_hub: FakeHub, adapter: MakeAdapter, fault: ProxyFault
+) -> None:
+    hub.push(adapter(seed=1), REPO, task="coach", store=proxied_store)
+    fault = ProxyFault(**vars(fault))
+    fault_proxy.faults.append(fault)
+    result = hub.push(adapter(seed=2), REPO, task="coach", store=proxied_store)
+    assert fault.count == 0 and str(result.version) == "1.0.1"
+    repo = fake_hub.repos[REPO]
+    assert sorted(repo.tags) == ["coach/v1.0.0", "coach/v1.0.1"]
+    assert "coach/1.0.1/peft_ext_manifest.json" in repo.commits[repo.tags["coach/v1.0.1"]].files
+
+
 def test_item5_a_stalled_hub_ends_in_a_named_timeout_for_push_and_pull(
     fault_proxy: FaultProxy, tmp_path: Path, adapter: MakeAdapter
 ) -> None:
