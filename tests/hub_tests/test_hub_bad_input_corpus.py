@@ -597,7 +597,8 @@ damaged("manifest-not-json", ManifestError, write(MANIFEST, "{"))
 damaged(
     "manifest-1e999",
     ManifestError,
-    lambda f: (f / MANIFEST).write_text((f / MANIFEST).read_text().replace('"size": ', '"size": 1e999, "x": ', 1)),
+    # metrics {"acc": 1.0} as pushed becomes 1e999: the old reader took it as inf, which cannot be written back
+    lambda f: (f / MANIFEST).write_text((f / MANIFEST).read_text().replace('"acc": 1.0', '"acc": 1e999', 1)),
 )
 damaged("manifest-deep", ManifestError, write(MANIFEST, "[" * 100_000))
 damaged("manifest-no-weights-entry", ManifestError, manifest_edit(lambda m: m["files"].pop(WEIGHTS)))

@@ -83,6 +83,13 @@ def test_malformed_fields_raise_manifest_error(change: dict[str, Any]) -> None:
         Manifest.from_json(json.dumps(raw))
 
 
+def test_1e999_is_refused_instead_of_read_as_inf() -> None:
+    text = sample().to_json().decode().replace('"accuracy": 0.9', '"accuracy": 1e999')
+    assert "1e999" in text
+    with pytest.raises(ManifestError, match="out of range"):
+        Manifest.from_json(text)
+
+
 @pytest.mark.parametrize("text", [b"", b"not json", b"[]", b'{"schema_version": NaN}', b"\xff\xfe"])
 def test_non_manifests_raise_manifest_error(text: bytes) -> None:
     with pytest.raises(ManifestError):
