@@ -214,7 +214,7 @@ def test_cached_pull_makes_no_request_and_offline_mode_works(
 
 def test_token_never_leaks(fake_hub: FakeHub, tmp_path: Path, adapter: MakeAdapter, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.DEBUG)
-    good = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c")
+    good = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c", retry_wait_s=0.01)
     hub.push(adapter(seed=1), REPO, task="coach", store=good)
     hub.yank(REPO, "coach", "1.0.0", reason="test", store=good)
     wrong = "hf_WRONGsecret000000000000"
