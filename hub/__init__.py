@@ -5,7 +5,7 @@ get a verified local folder for ``PeftModel.from_pretrained``. Two stores share 
 (the default, a directory) and :class:`HfStore` (a Hugging Face Hub repo, versions tagged ``<task>/v<version>``).
 """
 
-from .api import VersionDetails, pull, push, resolve, show, tasks, versions, yank
+from .api import VersionDetails, pull, push, repair_card, resolve, show, tasks, versions, yank
 from .base_ref import BaseModelRef
 from .diff import DiffResult, TokenDiff, diff
 from .errors import HubError
@@ -33,6 +33,7 @@ __all__ = [
     "diff",
     "pull",
     "push",
+    "repair_card",
     "resolve",
     "show",
     "tasks",

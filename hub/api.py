@@ -12,16 +12,19 @@ from .base_ref import BaseModelRef
 from .errors import (
     BaseModelMismatchError,
     IntegrityError,
+    InvalidArgumentError,
+    ManifestError,
+    ManifestSchemaError,
     NoMatchingVersionError,
     NotFoundError,
     TensorShapeError,
 )
-from .manifest import Manifest, read_manifest, verify_folder
+from .manifest import Manifest, check_metadata, read_manifest, verify_folder
 from .names import check_repo, check_task
 from .stores.base import PublishResult, Store, VersionEntry
 from .stores.local import LocalStore
-from .validate import AdapterPayload, load_adapter_folder
-from .versions import BUMPS, Constraint, InvalidVersionError, SemVer
+from .validate import AdapterPayload, load_adapter_folder, source_folder
+from .versions import BUMPS, FIRST_VERSION, Constraint, InvalidVersionError, SemVer
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,17 @@ def push(
     ``version`` pins the version; otherwise ``bump`` ("patch", "minor", "major") the highest one (first: 1.0.0).
     ``base_model`` (a model or :class:`BaseModelRef`) is recorded in the manifest; pushing the same bytes under an
     existing version is a no-op (``created=False``), other bytes raise :class:`VersionExistsError`.
+
+    Everything the push will write (adapter config as PEFT loads it, tensors, metadata, the manifest itself) is
+    validated before the store is touched: a bad input raises its named error and leaves nothing behind.
     """
     check_repo(repo)
     check_task(task)
     pinned = None if version is None else SemVer.parse(version)
-    if bump not in BUMPS:
+    if not isinstance(bump, str) or bump not in BUMPS:
         raise InvalidVersionError(f"Invalid bump {bump!r}: expected one of {', '.join(BUMPS)}.")
+    target = _store(store)
+    check_metadata(metrics, training_data_hash)
     payload = _payload(source, allow_pickle)
     base = None if base_model is None else BaseModelRef.coerce(base_model, tokenizer)
     if base is not None and base.hidden_size is not None and base.hidden_size != payload.token_dim:
@@ -83,7 +91,8 @@ def push(
             metrics=metrics,
         )
 
-    return (store or LocalStore()).publish(repo, task, payload.files, make_manifest, pinned, bump)
+    make_manifest(pinned or FIRST_VERSION, None).to_json()  # the manifest validates itself before any write
+    return target.publish(repo, task, payload.files, make_manifest, pinned, bump)
 
 
 def pull(
@@ -101,9 +110,13 @@ def pull(
 
     With ``base_model`` (a model or :class:`BaseModelRef`), refuse a base that differs from the one recorded at push
     time with :class:`BaseModelMismatchError`, unless ``allow_mismatch=True`` (then it only warns).
+
+    The folder must hold exactly the manifest and the files it lists, with their hashes. A cached copy that fails
+    this is evicted and downloaded once more; if the fresh copy fails too, the stored version itself is damaged.
     """
-    store = store or LocalStore()
+    store = _store(store)
     constraint = Constraint.parse(version)
+    expected = None if base_model is None else BaseModelRef.coerce(base_model, tokenizer)
     # An exact version needs no listing: with a cached copy the pull touches no network at all.
     if constraint.exact and constraint.low is not None:
         resolved = constraint.low
@@ -112,15 +125,32 @@ def pull(
     else:
         resolved = resolve(repo, task, version, store=store)
     folder = store.fetch(repo, task, resolved)
-    manifest = read_manifest(folder)
-    if manifest.task != task or manifest.version != resolved:
-        raise IntegrityError(
-            f"{folder} holds {manifest.task} {manifest.version}, not {task} {resolved}: the store is damaged."
-        )
-    verify_folder(folder, manifest)
-    if base_model is not None:
-        _check_base(manifest, BaseModelRef.coerce(base_model, tokenizer), allow_mismatch)
+    try:
+        manifest = _verified(folder, task, resolved)
+    except ManifestSchemaError:
+        raise
+    except (IntegrityError, ManifestError) as first:
+        if not store.evict(repo, task, resolved):
+            raise type(first)(f"{first} The store is damaged: yank {task} {resolved} and push a new version.") from None
+        folder = store.fetch(repo, task, resolved)
+        try:
+            manifest = _verified(folder, task, resolved)
+        except (IntegrityError, ManifestError) as again:
+            raise type(again)(
+                f"{again} The cached copy was evicted and downloaded again, with the same result: the stored "
+                f"version is damaged. Yank {task} {resolved} and push a new version."
+            ) from None
+    if expected is not None:
+        _check_base(manifest, expected, allow_mismatch)
     return folder
+
+
+def _verified(folder: Path, task: str, version: SemVer) -> Manifest:
+    manifest = read_manifest(folder)
+    if manifest.task != task or manifest.version != version:
+        raise IntegrityError(f"{folder} holds {manifest.task} {manifest.version}, not {task} {version}.")
+    verify_folder(folder, manifest)
+    return manifest
 
 
 def resolve(repo: str, task: str, version: str = "latest", *, store: Store | None = None) -> SemVer:
@@ -128,7 +158,7 @@ def resolve(repo: str, task: str, version: str = "latest", *, store: Store | Non
     constraint = Constraint.parse(version)
     check_repo(repo)
     check_task(task)
-    entries = (store or LocalStore()).versions(repo, task)
+    entries = _store(store).versions(repo, task)
     chosen = constraint.select((e.version, e.yanked) for e in entries)
     if chosen is None:
         available = ", ".join(f"{e.version}{' (yanked)' if e.yanked else ''}" for e in entries) or "none"
@@ -138,38 +168,51 @@ def resolve(repo: str, task: str, version: str = "latest", *, store: Store | Non
 
 def versions(repo: str, task: str, *, store: Store | None = None) -> list[VersionEntry]:
     """Every version of ``task``, ascending, yanked ones included and flagged."""
-    return (store or LocalStore()).versions(check_repo(repo), check_task(task))
+    return _store(store).versions(check_repo(repo), check_task(task))
 
 
 def tasks(repo: str, *, store: Store | None = None) -> list[str]:
     """The task names in ``repo``."""
-    return (store or LocalStore()).tasks(check_repo(repo))
+    return _store(store).tasks(check_repo(repo))
 
 
 def show(repo: str, task: str, version: str = "latest", *, store: Store | None = None) -> VersionDetails:
     """The manifest of the version ``version`` resolves to, with its yank status."""
-    store = store or LocalStore()
+    store = _store(store)
     resolved = resolve(repo, task, version, store=store)
     entry = next(e for e in store.versions(repo, task) if e.version == resolved)
-    return VersionDetails(read_manifest(store.fetch(repo, task, resolved)), entry.yanked, entry.yank_reason)
+    return VersionDetails(read_manifest(pull(repo, task, str(resolved), store=store)), entry.yanked, entry.yank_reason)
 
 
 def yank(
     repo: str, task: str, version: str, *, reason: str | None = None, undo: bool = False, store: Store | None = None
 ) -> None:
     """Retire an exact version: constraints skip it, an exact pull still works, its bytes stay. ``undo`` restores."""
-    store = store or LocalStore()
+    store = _store(store)
     exact = SemVer.parse(version)
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidArgumentError(f"reason must be a string or None, got {type(reason).__name__}.")
     if exact not in {e.version for e in store.versions(check_repo(repo), check_task(task))}:
         raise NotFoundError(f"{repo}: {task} {exact} does not exist; nothing to yank.")
     store.set_yanked(repo, task, exact, not undo, reason)
 
 
+def repair_card(repo: str, *, store: Store | None = None) -> None:
+    """Rebuild ``repo``'s model card from the versions the store holds (after a push or yank was interrupted)."""
+    _store(store).refresh_card(check_repo(repo))
+
+
+def _store(store: Any) -> Store:
+    if store is None:
+        return LocalStore()
+    if not isinstance(store, Store):
+        raise InvalidArgumentError(f"store must be a hub Store (LocalStore, HfStore), got {type(store).__name__}.")
+    return store
+
+
 def _payload(source: Any, allow_pickle: bool) -> AdapterPayload:
-    if isinstance(source, (str, Path)):
-        return load_adapter_folder(source, allow_pickle=allow_pickle)
-    if not hasattr(source, "save_pretrained"):
-        raise TypeError(f"push source must be an adapter folder or a PeftModel, got {type(source).__name__}.")
+    if not callable(getattr(source, "save_pretrained", None)) or isinstance(source, (str, Path)):
+        return load_adapter_folder(source_folder(source), allow_pickle=allow_pickle)
     active = getattr(source, "active_adapter", "default")
     with tempfile.TemporaryDirectory(prefix="peft_ext_push_") as tmp:
         source.save_pretrained(tmp, selected_adapters=[active], safe_serialization=True)

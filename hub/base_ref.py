@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ManifestError
+from .errors import InvalidBaseModelError, ManifestError
 from .fingerprints import embedding_fingerprint, tokenizer_fingerprint
 
 _STR_FIELDS = (
@@ -73,12 +73,37 @@ class BaseModelRef:
 
     @classmethod
     def coerce(cls, value: Any, tokenizer: Any = None) -> BaseModelRef:
-        """Accept a ``BaseModelRef``, its dict form, or a model."""
+        """Accept a ``BaseModelRef``, its dict form, or a loaded model; anything else is
+        :class:`InvalidBaseModelError`."""
         if isinstance(value, BaseModelRef):
             return value
         if isinstance(value, dict):
-            return cls.from_dict(value)
-        return cls.from_model(value, tokenizer)
+            try:
+                return cls.from_dict(value)
+            except ManifestError as exc:
+                raise InvalidBaseModelError(f"base_model dict is not a BaseModelRef: {exc}") from None
+        embeddings = getattr(value, "get_input_embeddings", None)
+        if not callable(embeddings) or isinstance(value, (str, bytes)):
+            hint = (
+                f" Load it first, e.g. AutoModelForCausalLM.from_pretrained({value!r:.80})."
+                if isinstance(value, str)
+                else ""
+            )
+            raise InvalidBaseModelError(
+                f"base_model must be a loaded transformers model, a BaseModelRef or its dict, got "
+                f"{type(value).__name__}.{hint}"
+            )
+        if tokenizer is not None and not callable(getattr(tokenizer, "get_vocab", None)):
+            raise InvalidBaseModelError(
+                f"tokenizer must be a transformers tokenizer (with get_vocab), got {type(tokenizer).__name__}."
+            )
+        try:
+            return cls.from_model(value, tokenizer)
+        except (AttributeError, TypeError, IndexError) as exc:
+            raise InvalidBaseModelError(
+                f"base_model {type(value).__name__} could not be described ({type(exc).__name__}: {exc!s:.120}); "
+                "pass the transformers model the adapter was trained on."
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,7 +2,8 @@
 
 ``register(subparsers)`` is the ``peft_ext.cli`` entry point; handlers raise named errors (the top-level command
 prints them as one line). ``python -m hub.cli ...`` runs the same commands on their own. The Hub token is never an
-argument (it would land in shell history): huggingface_hub reads ``HF_TOKEN`` or the saved login.
+argument (it would land in shell history): it is read as huggingface_hub reads it (``HF_TOKEN`` or the saved login)
+and handed to ``HfStore``, which scrubs it from every message.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 import sys
 from typing import Any
 
-from . import api
+from . import api, strict_json
 from .diff import diff
-from .errors import HubError, InvalidAdapterError
+from .errors import BaseModelLoadError, HubError, InvalidMetadataError
 from .stores.base import Store
-from .stores.hf import HfStore
+from .stores.hf import DEFAULT_TIMEOUT_S, HfStore
 from .stores.local import LocalStore
 from .versions import BUMPS
 
@@ -28,6 +29,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--root", help="LocalStore folder (default: $PEFT_EXT_HUB_ROOT or the user cache)")
     common.add_argument("--endpoint", help="Hub URL for --store hf (default: huggingface_hub's, HF_ENDPOINT)")
     common.add_argument("--cache-dir", help="Hugging Face cache for --store hf (default: HF_HUB_CACHE)")
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds a Hub request may go without progress, for --store hf (default: {DEFAULT_TIMEOUT_S:g})",
+    )
 
     hub = subparsers.add_parser(
         "hub", help="share and version soft prompts", description="Share and version soft prompts."
@@ -80,6 +87,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     yank.add_argument("--reason")
     yank.add_argument("--undo", action="store_true", help="restore a yanked version")
     yank.set_defaults(handler=_yank)
+
+    repair = commands.add_parser(
+        "repair-card", parents=[common], help="rebuild a repo's model card from its versions (after an interruption)"
+    )
+    repair.add_argument("repo")
+    repair.set_defaults(handler=_repair_card)
     return hub
 
 
@@ -103,30 +116,40 @@ def _repo_task_version(parser: argparse.ArgumentParser) -> None:
 
 def _store(args: argparse.Namespace) -> Store:
     if args.store == "hf":
-        return HfStore(endpoint=args.endpoint, cache_dir=args.cache_dir)
+        from huggingface_hub import get_token
+
+        return HfStore(endpoint=args.endpoint, token=get_token(), cache_dir=args.cache_dir, timeout_s=args.timeout)
     return LocalStore(args.root)
 
 
 def _load_model(name: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a name it cannot load
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BaseModelLoadError(
+            f"Could not load the base model {name!r} ({type(exc).__name__}: {reason}); give a model folder or a "
+            "Hub id that AutoModelForCausalLM.from_pretrained can load."
+        ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - a model without a tokenizer is still fingerprinted by its embeddings
         tokenizer = None
     return model, tokenizer
 
 
 def _push(args: argparse.Namespace) -> int:
     metrics = None
-    if args.metrics:
+    if args.metrics is not None:
         try:
-            metrics = json.loads(args.metrics)
-        except json.JSONDecodeError:
-            metrics = None
+            metrics = strict_json.loads(args.metrics)
+        except strict_json.StrictJSONError as exc:
+            raise InvalidMetadataError(f"--metrics must be a JSON object: {exc}.") from None
         if not isinstance(metrics, dict):
-            raise InvalidAdapterError(f"--metrics must be a JSON object, got {args.metrics!r}.")
+            raise InvalidMetadataError(f"--metrics must be a JSON object, got {args.metrics!r:.80}.")
+    store = _store(args)
     model, tokenizer = _load_model(args.base_model) if args.base_model else (None, None)
     result = api.push(
         args.source,
@@ -134,7 +157,7 @@ def _push(args: argparse.Namespace) -> int:
         task=args.task,
         version=args.version,
         bump=args.bump,
-        store=_store(args),
+        store=store,
         base_model=model,
         tokenizer=tokenizer,
         metrics=metrics,
@@ -147,6 +170,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    store = _store(args)
     model, tokenizer = _load_model(args.base_model) if args.base_model else (None, None)
     folder = api.pull(
         args.repo,
@@ -155,7 +179,7 @@ def _pull(args: argparse.Namespace) -> int:
         base_model=model,
         tokenizer=tokenizer,
         allow_mismatch=args.allow_mismatch,
-        store=_store(args),
+        store=store,
     )
     print(folder)
     return 0
@@ -182,8 +206,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    store = _store(args)
     model, tokenizer = _load_model(args.model) if args.model else (None, None)
-    result = diff(args.a, args.b, model=model, tokenizer=tokenizer, top_k=args.top_k, store=_store(args))
+    result = diff(args.a, args.b, model=model, tokenizer=tokenizer, top_k=args.top_k, store=store)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 
@@ -191,6 +216,12 @@ def _diff(args: argparse.Namespace) -> int:
 def _yank(args: argparse.Namespace) -> int:
     api.yank(args.repo, args.task, args.version, reason=args.reason, undo=args.undo, store=_store(args))
     print(f"{args.repo} {args.task} {args.version}: {'restored' if args.undo else 'yanked'}")
+    return 0
+
+
+def _repair_card(args: argparse.Namespace) -> int:
+    api.repair_card(args.repo, store=_store(args))
+    print(f"{args.repo}: card rebuilt")
     return 0
 
 

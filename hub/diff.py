@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidNameError, TensorShapeError
+from .errors import InvalidAdapterError, InvalidArgumentError, InvalidNameError, TensorShapeError
 from .safetensors_check import load_float32
 from .stores.base import Store
 from .validate import PROMPT_KEY, WEIGHTS_FILE
@@ -51,6 +51,8 @@ def diff(
     Rows are compared pairwise up to the shorter prompt. With ``model`` (its input embeddings) each row also gets
     its ``top_k`` nearest vocabulary tokens by cosine, decoded with ``tokenizer`` when given.
     """
+    if type(top_k) is not int or top_k < 0:
+        raise InvalidArgumentError(f"top_k must be an integer >= 0 (0: no nearest tokens), got {top_k!r:.40}.")
     rows_a, rows_b = _prompt(a, store), _prompt(b, store)
     if rows_a.shape[1] != rows_b.shape[1]:
         raise TensorShapeError(f"Cannot diff prompts of widths {rows_a.shape[1]} and {rows_b.shape[1]}.")
@@ -79,6 +81,8 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
 
 
 def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
+    if not isinstance(source, (str, Path)):
+        raise InvalidArgumentError(f"diff takes folders or 'repo:task@version' strings, got {type(source).__name__}.")
     folder = Path(source)
     if not folder.is_dir():
         from .api import pull
@@ -86,6 +90,8 @@ def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
         repo, task, version = parse_spec(str(source))
         folder = pull(repo, task, version, store=store)
     path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise InvalidAdapterError(f"{str(folder)!r} has no {WEIGHTS_FILE} file to compare.")
     tensors = load_float32(path.read_bytes(), str(path))
     if PROMPT_KEY not in tensors or tensors[PROMPT_KEY].ndim != 2:
         raise TensorShapeError(f"{path} has no 2-D {PROMPT_KEY!r} tensor.")

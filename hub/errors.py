@@ -42,6 +42,18 @@ class InvalidAdapterError(HubError, ValueError):
     """An adapter folder that cannot be pushed: missing files, bad config."""
 
 
+class InvalidSourceError(InvalidAdapterError, TypeError):
+    """What was given to push is neither an adapter folder (a path) nor a PeftModel."""
+
+
+class InvalidAdapterConfigError(InvalidAdapterError):
+    """An ``adapter_config.json`` that PEFT could not load: not JSON, a field of the wrong type or value."""
+
+
+class UnsupportedPeftTypeError(InvalidAdapterError):
+    """An adapter whose ``peft_type`` is not a soft-prompt method (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."""
+
+
 class CorruptAdapterError(InvalidAdapterError):
     """A weights file that is not valid safetensors (corrupt, truncated, inconsistent header)."""
 
@@ -62,6 +74,30 @@ class NonFiniteTensorError(InvalidAdapterError):
     """A tensor containing NaN or Inf."""
 
 
+class InvalidMetadataError(HubError, ValueError):
+    """``metrics`` or ``training_data_hash`` that cannot be stored in a manifest (wrong type, NaN/Inf, not JSON)."""
+
+
+class InvalidBaseModelError(HubError, TypeError):
+    """A ``base_model`` (or its tokenizer) that is not a loaded model, a BaseModelRef or its dict form."""
+
+
+class BaseModelLoadError(HubError, OSError):
+    """The base model named on the command line could not be loaded."""
+
+
+class InvalidArgumentError(HubError, ValueError):
+    """An argument of a hub call out of its range or of the wrong type (``top_k``, ``timeout_s``, ``store``, ...)."""
+
+
+class StoreAccessError(HubError, OSError):
+    """A local store folder that cannot be used (it is a file, or cannot be read or written)."""
+
+
+class InvalidEndpointError(HubError, ValueError):
+    """A Hub endpoint that is not an ``http(s)://host`` URL, or that carries credentials in the URL."""
+
+
 class ManifestError(HubError, ValueError):
     """A manifest that is missing, not JSON, or has fields of the wrong type."""
 
@@ -74,6 +110,14 @@ class IntegrityError(HubError, ValueError):
     """A file whose size or sha256 differs from the manifest: the download or the store is damaged."""
 
 
+class MissingFileError(IntegrityError):
+    """A file the manifest lists is absent from the version's folder."""
+
+
+class UnexpectedFileError(IntegrityError):
+    """A version's folder holds a file its manifest does not list (e.g. a pickle dropped in beside the weights)."""
+
+
 class BaseModelMismatchError(HubError, ValueError):
     """The base model given does not match the one the adapter was trained on."""
 
@@ -84,3 +128,7 @@ class ConcurrentUpdateError(HubError, RuntimeError):
 
 class RemoteError(HubError, OSError):
     """The remote store refused a request or could not be reached (the message never contains the token)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """The remote store did not answer within the configured timeout (``HfStore(timeout_s=...)``)."""

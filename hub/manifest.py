@@ -8,11 +8,14 @@ Schema 1 (JSON object)::
     created_at       UTC ISO-8601 time of the push
     base_model       BaseModelRef fields, or null when unknown
     adapter          {peft_type, num_virtual_tokens, token_dim}
-    files            {file name: {sha256, size}} for every file of the version except the manifest itself
+    files            {file name: {sha256, size}} for every file of the version except the manifest itself:
+                     exactly adapter_config.json and adapter_model.safetensors
     training_data_hash, metrics   as given to push, or null
     libraries        {distribution: version} of the libraries that pushed it
 
 Readers ignore unknown fields of their schema and refuse a newer ``schema_version`` with :class:`ManifestSchemaError`.
+Numbers must be finite (strict JSON, :mod:`hub.strict_json`); what the writer writes, the reader reads back equal
+(:meth:`Manifest.to_json` checks it before anything is stored).
 """
 
 from __future__ import annotations
@@ -25,10 +28,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .base_ref import BaseModelRef
-from .errors import IntegrityError, ManifestError, ManifestSchemaError
+from .errors import (
+    IntegrityError,
+    InvalidMetadataError,
+    ManifestError,
+    ManifestSchemaError,
+    MissingFileError,
+    UnexpectedFileError,
+)
 from .fingerprints import sha256_bytes, sha256_file
-from .names import check_task
+from .names import ADAPTER_FILES, check_task
 from .versions import SemVer
 
 MANIFEST_FILE = "peft_ext_manifest.json"
@@ -88,15 +99,30 @@ class Manifest:
         }
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+        """The manifest's bytes, refused with :class:`InvalidMetadataError` unless the reader takes them back equal."""
+        raw = self.to_dict()
+        for key in ("metrics", "training_data_hash", "adapter"):
+            if found := strict_json.problem(raw[key], key):
+                raise InvalidMetadataError(f"Cannot store the manifest of {self.task} {self.version}: {found}.")
+        data = (json.dumps(raw, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+        try:
+            again = Manifest.from_json(data, MANIFEST_FILE)
+        except ManifestError as exc:
+            raise InvalidMetadataError(f"Cannot store the manifest of {self.task} {self.version}: {exc}") from None
+        if again != self:
+            raise InvalidMetadataError(
+                f"Cannot store the manifest of {self.task} {self.version}: it does not read back equal (metrics "
+                "must hold only JSON values: dict with str keys, list, str, int, float, bool, None)."
+            )
+        return data
 
     @classmethod
     def from_json(cls, data: bytes | str, source: str = MANIFEST_FILE) -> Manifest:
         """Parse and type-check a manifest; raise :class:`ManifestError` / :class:`ManifestSchemaError`."""
         try:
-            raw = json.loads(data, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ManifestError(f"{source} is not valid JSON.") from None
+            raw = strict_json.loads(data)
+        except strict_json.StrictJSONError as exc:
+            raise ManifestError(f"{source} is not valid JSON ({exc}).") from None
         if not isinstance(raw, dict):
             raise ManifestError(f"{source} must hold a JSON object.")
         schema = raw.get("schema_version")
@@ -134,6 +160,11 @@ class Manifest:
             if not isinstance(digest, str) or not _SHA256.fullmatch(digest) or type(size) is not int or size < 0:
                 raise bad(f"entry for {name!r} needs a sha256 hex digest and a size")
             files[name] = FileEntry(digest, size)
+        if set(files) != set(ADAPTER_FILES):
+            raise bad(
+                f"'files' must list exactly {', '.join(ADAPTER_FILES)} (got {', '.join(sorted(files))}); "
+                "the version is incomplete or was tampered with"
+            )
         optional = {"created_at": str, "training_data_hash": str, "metrics": dict, "adapter": dict, "libraries": dict}
         for key, kind in optional.items():
             if raw.get(key) is not None and not isinstance(raw[key], kind):
@@ -158,20 +189,53 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"{path} is missing: not a hub version folder.")
-    return Manifest.from_json(path.read_bytes(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path} could not be read ({exc.strerror or type(exc).__name__}).") from None
+    return Manifest.from_json(data, str(path))
+
+
+def check_metadata(metrics: Any, training_data_hash: Any) -> None:
+    """Refuse push metadata the manifest cannot hold, with :class:`InvalidMetadataError`, before anything is read."""
+    if training_data_hash is not None and not isinstance(training_data_hash, str):
+        raise InvalidMetadataError(
+            f"training_data_hash must be a string or None, got {type(training_data_hash).__name__} "
+            f"{training_data_hash!r:.60}."
+        )
+    if metrics is not None and not isinstance(metrics, dict):
+        raise InvalidMetadataError(f"metrics must be a dict (JSON object) or None, got {type(metrics).__name__}.")
+    if found := strict_json.problem(metrics, "metrics"):
+        raise InvalidMetadataError(f"Cannot store {found}.")
 
 
 def verify_folder(folder: str | Path, manifest: Manifest) -> None:
-    """Check every file of ``manifest`` exists in ``folder`` with its size and sha256; raise :class:`IntegrityError`."""
-    for name, entry in manifest.files.items():
-        path = Path(folder) / name
+    """Check that ``folder`` holds exactly the manifest and the files it lists, each with its size and sha256.
+
+    Raises :class:`UnexpectedFileError` for anything else in the folder (a pickle dropped beside the weights),
+    :class:`MissingFileError` for a listed file that is absent, :class:`IntegrityError` for one whose bytes differ.
+    Paths in messages are the real files (the Hugging Face cache links to blobs).
+    """
+    folder = Path(folder)
+    try:
+        present = {p.name for p in folder.iterdir()}
+    except OSError as exc:
+        raise MissingFileError(f"{folder} could not be listed ({exc.strerror or type(exc).__name__}).") from None
+    extra = sorted(present - set(manifest.files) - {MANIFEST_FILE})
+    if extra:
+        raise UnexpectedFileError(
+            f"{folder} holds {', '.join(extra)}, which its manifest does not list: the version was tampered with."
+        )
+    for name, entry in sorted(manifest.files.items()):
+        path = folder / name
         if not path.is_file():
-            raise IntegrityError(f"{path} is listed in the manifest but missing; pull again.")
-        size, digest = path.stat().st_size, sha256_file(path)
+            raise MissingFileError(f"{path} is listed in the manifest but missing.")
+        real = path.resolve()
+        size, digest = real.stat().st_size, sha256_file(real)
         if size != entry.size or digest != entry.sha256:
             raise IntegrityError(
-                f"{path} does not match its manifest (size {size} vs {entry.size}, sha256 {digest[:12]}... vs "
-                f"{entry.sha256[:12]}...): the copy is damaged; delete it and pull again."
+                f"{real} does not match its manifest entry {name!r} (size {size} vs {entry.size}, sha256 "
+                f"{digest[:12]}... vs {entry.sha256[:12]}...)."
             )
 
 
@@ -183,7 +247,3 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")

@@ -37,3 +37,10 @@ def check_repo(repo: object) -> str:
             "'-', '_' or '.', starting and ending with a letter or digit, without '..' or '--'."
         )
     return str(repo)
+
+
+# The files of a stored version: the two PEFT writes (what push stores) and the manifest beside them. Nothing else.
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)

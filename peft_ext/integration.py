@@ -305,7 +305,8 @@ def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
     adapter_names = kwargs.pop("adapter_names", None)
     if self._is_prompt_learning and getattr(self, "_adapters_disabled", False):
         # Inside ``disable_adapter()`` PEFT swaps ``forward`` for the base model's; generation must follow it.
-        return self.get_base_model().generate(*args, **kwargs)
+        base: Any = self.get_base_model()
+        return base.generate(*args, **kwargs)
     if not _takes_over(self, adapter_names, generating=True):
         if adapter_names is not None:
             kwargs["adapter_names"] = adapter_names

@@ -67,6 +67,17 @@ class Store(ABC):
     def set_yanked(self, repo: str, task: str, version: SemVer, yanked: bool, reason: str | None = None) -> None:
         """Retire (or restore) a version without touching its bytes."""
 
+    @abstractmethod
+    def refresh_card(self, repo: str) -> None:
+        """Rebuild the repo's model card from the versions it holds (repairs a card an interrupted write left stale)."""
+
+    def evict(self, repo: str, task: str, version: SemVer) -> bool:
+        """Drop a local *copy* of a version that failed verification, so that ``fetch`` downloads it again.
+
+        Returns False when there is no copy to drop (the store itself holds the bytes, as ``LocalStore`` does).
+        """
+        return False
+
 
 def parent_of(existing: list[SemVer], version: SemVer) -> SemVer | None:
     """The version a new one descends from: the highest existing version below it."""

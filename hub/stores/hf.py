@@ -17,42 +17,90 @@ subfolder="<task>/<version>")`` works with stock PEFT too. A yank is the extra t
 Pulls go through ``snapshot_download`` at the tag's commit with ``allow_patterns="<task>/<version>/*"``, so the
 Hugging Face cache, ``HF_HUB_CACHE`` and offline mode behave as usual; a version already in the cache is served
 with no request at all (the tag -> commit mapping is cached in the cache's ``refs/``, as huggingface_hub does).
+A cached copy that fails verification is dropped (:meth:`HfStore.evict`: its links and blobs) and downloaded again.
+
+Every remote operation (push, tag, yank, card, listing, resolving, downloading) runs through one retry loop,
+:meth:`HfStore._call`: transient failures (429, 5xx, timeouts, dropped connections, truncated bodies) are retried
+``attempts`` times with exponential waits, a push re-reading the repo each time; whatever still fails becomes a named
+error (:mod:`.hf_errors`) with the token and URL credentials scrubbed. Every request carries the store's timeout
+(:mod:`.hf_client`). Listing versions needs the server: when it cannot be reached the listing fails (a pull by
+constraint must not quietly pick an older cached version), unless offline mode (``HF_HUB_OFFLINE=1``) is on, where
+the versions already pulled are listed from the cache, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
+import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionResolutionError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionResolutionError
 from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils.sha import git_hash
 
 from ..card import CardRow, render_card
-from ..errors import ConcurrentUpdateError, HubError, NotFoundError, RemoteError
+from ..errors import (
+    ConcurrentUpdateError,
+    HubError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidEndpointError,
+    NotFoundError,
+    RemoteError,
+)
 from ..manifest import MANIFEST_FILE, Manifest
 from ..names import check_repo, check_task
 from ..versions import SemVer, next_version
+from . import hf_client
 from .base import MakeManifest, PublishResult, Store, VersionEntry, card_row, check_same_files, hub_base_ids, parent_of
-from .hf_errors import is_transient, status_of, translate, translated
+from .hf_errors import REMOTE_ERRORS, is_transient, scrub, status_of, translate
 
 INDEX_FILE = "peft_ext_index.json"
+DEFAULT_TIMEOUT_S = 30.0
+MAX_RETRY_WAIT_S = 30.0
 _VERSION_TAG = re.compile(r"([a-z0-9][a-z0-9_-]*)/v([0-9]+\.[0-9]+\.[0-9]+)")
 _YANK_TAG = re.compile(r"([a-z0-9][a-z0-9_-]*)/yanked/v([0-9]+\.[0-9]+\.[0-9]+)")
 _VERSION_FILE = re.compile(r"([a-z0-9][a-z0-9_-]*)/([0-9]+\.[0-9]+\.[0-9]+)/" + re.escape(MANIFEST_FILE))
+T = TypeVar("T")
+
+
+def check_endpoint(endpoint: object) -> str:
+    """``endpoint`` without a trailing slash if it is ``http(s)://host[:port][/path]`` with no credentials."""
+    text = endpoint if isinstance(endpoint, str) else ""
+    parts = urlsplit(text.strip())
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+        valid_port = True
+    except ValueError:
+        valid_port = False
+    shown = scrub(repr(endpoint)[:120])
+    if parts.scheme not in ("http", "https") or not parts.hostname or not valid_port or parts.query or parts.fragment:
+        raise InvalidEndpointError(f"Invalid Hub endpoint {shown}: expected a URL like 'https://huggingface.co'.")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidEndpointError(
+            f"The Hub endpoint {shown} carries credentials in the URL, where they would be logged and shown in "
+            "errors; remove them and pass the token with HF_TOKEN (or HfStore(token=...))."
+        )
+    return text.strip().rstrip("/")
 
 
 class HfStore(Store):
     """A store in Hugging Face Hub repos reached through ``HfApi(endpoint=..., token=...)``.
 
-    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT`` as read at import), ``token`` to the saved login;
-    ``cache_dir`` to the Hugging Face cache. ``private`` applies when a push creates the repo.
-    Transient failures (429, 5xx, timeouts) are retried ``attempts`` times, re-reading the repo each time.
+    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT`` as read at import), ``token`` to huggingface_hub's
+    (``HF_TOKEN`` or the saved login); ``cache_dir`` to the Hugging Face cache. ``private`` applies when a push
+    creates the repo. Transient failures (429, 5xx, timeouts, dropped connections) are retried ``attempts`` times,
+    waiting ``retry_wait_s`` then doubling; every HTTP request times out after ``timeout_s`` seconds without progress.
     """
 
     def __init__(
@@ -64,17 +112,55 @@ class HfStore(Store):
         private: bool | None = None,
         attempts: int = 4,
         retry_wait_s: float = 1.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
+        self.endpoint = check_endpoint(endpoint if endpoint is not None else hf_constants.ENDPOINT)
+        if type(attempts) is not int or attempts < 1:
+            raise InvalidArgumentError(f"attempts must be a positive integer, got {attempts!r:.40}.")
+        for name, value in (("retry_wait_s", retry_wait_s), ("timeout_s", timeout_s)):
+            if (
+                type(value) not in (int, float)
+                or not math.isfinite(value)
+                or value < 0
+                or (name == "timeout_s" and not value)
+            ):
+                raise InvalidArgumentError(f"{name} must be a finite number of seconds > 0, got {value!r:.40}.")
+        if token is not None and not isinstance(token, str):
+            raise InvalidArgumentError(f"token must be a string or None, got {type(token).__name__}.")
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self.private = private
-        self.attempts = max(1, attempts)
-        self.retry_wait_s = retry_wait_s
-        self._token = token
-        self._api = HfApi(endpoint=self.endpoint, token=token, library_name="peft-ext")
+        self.attempts = attempts
+        self.retry_wait_s = float(retry_wait_s)
+        self.timeout_s = float(timeout_s)
+        # The token actually sent is known here, whether given or read by huggingface_hub, so it can be scrubbed.
+        self._token = token if token is not None else get_token()
+        self._api = HfApi(endpoint=self.endpoint, token=self._token, library_name="peft-ext")
+        hf_client.register(self.endpoint, self.timeout_s)
 
     def __repr__(self) -> str:  # never the token
         return f"HfStore(endpoint={self.endpoint!r})"
+
+    # -- the one retry loop ---------------------------------------------------------------------------------------
+
+    def _call(self, what: str, operation: Callable[[], T], *, conflicts: bool = False) -> T:
+        """Run ``operation``, retrying transient failures (and, with ``conflicts``, a stale parent: HTTP 412)."""
+        hf_client.ensure_installed()
+        last: BaseException | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), MAX_RETRY_WAIT_S))
+            try:
+                return operation()
+            except HubError:
+                raise
+            except REMOTE_ERRORS as exc:
+                if not ((conflicts and status_of(exc) == 412) or is_transient(exc)):
+                    raise translate(exc, what, self.endpoint, self._token) from None
+                last = exc
+        assert last is not None
+        if conflicts and status_of(last) == 412:
+            raise ConcurrentUpdateError(f"{what}: the repo kept changing during {self.attempts} attempts; retry.")
+        raise translate(last, f"{what} (gave up after {self.attempts} attempts)", self.endpoint, self._token)
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -93,9 +179,9 @@ class HfStore(Store):
         check_repo(repo)
         tag = f"{check_task(task)}/v{version}"
         commit = self._resolve_tag(repo, tag)
-        what = f"Downloading {repo} {task} {version}"
-        with translated(what, self.endpoint, self._token):
-            root = snapshot_download(
+
+        def download() -> str:
+            return snapshot_download(
                 repo,
                 revision=commit,
                 allow_patterns=[f"{task}/{version}/*"],
@@ -103,11 +189,36 @@ class HfStore(Store):
                 token=self._token,
                 cache_dir=self.cache_dir,
                 library_name="peft-ext",
+                etag_timeout=self.timeout_s,
+                max_workers=1,
             )
+
+        root = self._call(f"Downloading {repo} {task} {version}", download)
         folder = Path(root) / task / str(version)
         if not (folder / MANIFEST_FILE).is_file():
             raise NotFoundError(f"{repo}: tag {tag} points to commit {commit[:12]} which has no {task}/{version}/.")
         return folder
+
+    def evict(self, repo: str, task: str, version: SemVer) -> bool:
+        """Drop the cached copy of a version (the snapshot's links and the blobs they point to)."""
+        storage = self._storage(repo)
+        ref = storage / "refs" / f"{task}/v{version}"
+        try:
+            commit = ref.read_text().strip()
+            folder = storage / "snapshots" / commit / task / str(version)
+            if not folder.is_dir():
+                return False
+            for entry in folder.iterdir():
+                blob = entry.resolve() if entry.is_symlink() else None
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                if blob is not None and blob.is_file() and storage.resolve() in blob.parents:
+                    blob.unlink()
+        except OSError:
+            return False
+        return True
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -122,22 +233,16 @@ class HfStore(Store):
     ) -> PublishResult:
         check_repo(repo)
         check_task(task)
-        last_error: BaseException | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.retry_wait_s * 2 ** (attempt - 1))
-            try:
-                return self._publish_once(repo, task, files, make_manifest, version, bump)
-            except HubError:
-                raise
-            except Exception as exc:  # classified below: conflicts and transient failures are retried
-                if not (status_of(exc) == 412 or is_transient(exc)):
-                    raise translate(exc, f"Pushing {repo} {task}", self.endpoint, self._token) from None
-                last_error = exc
-        if last_error is not None and status_of(last_error) == 412:
-            raise ConcurrentUpdateError(f"{repo} kept changing during {self.attempts} attempts to push {task}; retry.")
-        assert last_error is not None
-        raise translate(last_error, f"Pushing {repo} {task}", self.endpoint, self._token)
+        tagging: list[tuple[str, str, PublishResult]] = []  # (tag, commit, result) of a tag request sent
+
+        def once() -> PublishResult:
+            if tagging:  # a tag request was sent before the failure: if it took effect, the push is done
+                tag, commit, result = tagging[-1]
+                if {t.name: t.target_commit for t in self._api.list_repo_refs(repo).tags}.get(tag) == commit:
+                    return result
+            return self._publish_once(repo, task, files, make_manifest, version, bump, tagging)
+
+        return self._call(f"Pushing {repo} {task}", once, conflicts=True)
 
     def _publish_once(
         self,
@@ -147,6 +252,7 @@ class HfStore(Store):
         make_manifest: MakeManifest,
         version: SemVer | None,
         bump: str,
+        tagging: list[tuple[str, str, PublishResult]],
     ) -> PublishResult:
         try:
             info = self._api.repo_info(repo, revision="main")
@@ -178,99 +284,125 @@ class HfStore(Store):
             check_same_files(repo, task, self._manifest_at(repo, task, chosen, head), manifest)
             if tag in tag_targets:
                 return PublishResult(repo, task, chosen, False, location)
+            tagging.append((tag, head, PublishResult(repo, task, chosen, True, location)))
             self._tag(repo, tag, head, task, chosen, manifest)
-            return PublishResult(repo, task, chosen, True, location)
+            return tagging[-1][2]
         if tag in tag_targets:  # tagged but gone from main (rewritten history): compare with the tagged bytes
             check_same_files(repo, task, self._manifest_at(repo, task, chosen, tag_targets[tag]), manifest)
             return PublishResult(repo, task, chosen, False, location)
+        manifest_bytes = manifest.to_json()  # validated before anything is sent
         index = self._index(repo, head)
         index.append(_index_row(manifest))
         yanked = {(m.group(1), m.group(2)) for t in tag_targets if (m := _YANK_TAG.fullmatch(t))}
         prefix = f"{task}/{chosen}/"
         operations = [CommitOperationAdd(prefix + name, data) for name, data in files.items()]
         operations += [
-            CommitOperationAdd(prefix + MANIFEST_FILE, manifest.to_json()),
+            CommitOperationAdd(prefix + MANIFEST_FILE, manifest_bytes),
             CommitOperationAdd(INDEX_FILE, _index_json(index)),
             CommitOperationAdd("README.md", self._card(repo, index, yanked).encode()),
         ]
         commit = self._api.create_commit(
             repo, operations, commit_message=f"peft-ext hub: {task} v{chosen}", parent_commit=head
         )
+        tagging.append((tag, str(commit.oid), PublishResult(repo, task, chosen, True, location)))
         self._tag(repo, tag, str(commit.oid), task, chosen, manifest)
-        return PublishResult(repo, task, chosen, True, location)
+        return tagging[-1][2]
 
     def _tag(self, repo: str, tag: str, commit: str, task: str, version: SemVer, manifest: Manifest) -> None:
-        """Tag ``commit`` (known to hold the version); a 409 is fine if the existing tag holds the same bytes."""
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.retry_wait_s * 2 ** (attempt - 1))
-            try:
-                self._api.create_tag(repo, tag=tag, revision=commit, tag_message=f"{task} {version}")
-                return
-            except Exception as exc:
-                if status_of(exc) == 409:
-                    target = {t.name: t.target_commit for t in self._api.list_repo_refs(repo).tags}.get(tag)
-                    if target is not None:
-                        if target != commit:
-                            check_same_files(repo, task, self._manifest_at(repo, task, version, target), manifest)
-                        return
-                if not is_transient(exc) or attempt == self.attempts - 1:
-                    raise translate(exc, f"Tagging {repo} {tag}", self.endpoint, self._token) from None
+        """Tag ``commit`` (known to hold the version); a 409 is fine if the existing tag holds the same bytes.
+
+        Transient failures propagate to the caller's retry loop, which re-reads the repo and finds the version
+        committed but untagged (or already tagged, if only the answer was lost).
+        """
+        try:
+            self._api.create_tag(repo, tag=tag, revision=commit, tag_message=f"{task} {version}")
+        except HfHubHTTPError as exc:
+            if status_of(exc) != 409:
+                raise
+            target = {t.name: t.target_commit for t in self._api.list_repo_refs(repo).tags}.get(tag)
+            if target is None:
+                raise
+            if target != commit:
+                check_same_files(repo, task, self._manifest_at(repo, task, version, target), manifest)
 
     def set_yanked(self, repo: str, task: str, version: SemVer, yanked: bool, reason: str | None = None) -> None:
         check_repo(repo)
         tag = f"{check_task(task)}/yanked/v{version}"
-        with translated(f"{'Yanking' if yanked else 'Restoring'} {repo} {task} {version}", self.endpoint, self._token):
-            if yanked:
-                target = self._resolve_tag(repo, f"{task}/v{version}", use_cache=False)
-                self._api.create_tag(repo, tag=tag, revision=target, tag_message=reason or "yanked", exist_ok=True)
-            elif tag in self._tags(repo):
-                self._api.delete_tag(repo, tag=tag)
+        if yanked:
+            target = self._resolve_tag(repo, f"{task}/v{version}", use_cache=False)
+            self._call(
+                f"Yanking {repo} {task} {version}",
+                lambda: self._api.create_tag(
+                    repo, tag=tag, revision=target, tag_message=reason or "yanked", exist_ok=True
+                ),
+            )
+        elif tag in self._tags(repo):
+            self._call(f"Restoring {repo} {task} {version}", lambda: self._delete_tag(repo, tag))
         try:
-            self._refresh_card(repo)
+            self.refresh_card(repo)
         except HubError as exc:  # the yank itself is done; only the card lags behind
-            warnings.warn(f"The yank is recorded but the card was not updated: {exc}", stacklevel=2)
+            warnings.warn(
+                f"The yank is recorded but the card was not updated: {exc} Run `peft-ext hub repair-card {repo}`.",
+                stacklevel=2,
+            )
 
-    def _refresh_card(self, repo: str) -> None:
-        for _ in range(self.attempts):
-            with translated(f"Updating the card of {repo}", self.endpoint, self._token):
-                head = str(self._api.repo_info(repo, revision="main").sha)
-                tags = self._tags(repo)
-                yanked = {(m.group(1), m.group(2)) for t in tags if (m := _YANK_TAG.fullmatch(t))}
-                card = self._card(repo, self._index(repo, head), yanked).encode()
-                try:
-                    self._api.create_commit(
-                        repo,
-                        [CommitOperationAdd("README.md", card)],
-                        commit_message="peft-ext hub: update card",
-                        parent_commit=head,
-                    )
-                    return
-                except Exception as exc:
-                    if status_of(exc) != 412:
-                        raise
-        raise ConcurrentUpdateError(f"{repo} kept changing while updating its card; run the yank again.")
+    def _delete_tag(self, repo: str, tag: str) -> None:
+        try:
+            self._api.delete_tag(repo, tag=tag)
+        except HfHubHTTPError as exc:  # gone already (an earlier attempt whose answer was lost)
+            if status_of(exc) != 404:
+                raise
+
+    def refresh_card(self, repo: str) -> None:
+        check_repo(repo)
+        self._call(f"Updating the card of {repo}", lambda: self._refresh_card_once(repo), conflicts=True)
+
+    def _refresh_card_once(self, repo: str) -> None:
+        head = str(self._api.repo_info(repo, revision="main").sha)
+        tags = [t.name for t in self._api.list_repo_refs(repo).tags]
+        yanked = {(m.group(1), m.group(2)) for t in tags if (m := _YANK_TAG.fullmatch(t))}
+        card = self._card(repo, self._index(repo, head), yanked).encode()
+        self._api.create_commit(
+            repo,
+            [CommitOperationAdd("README.md", card)],
+            commit_message="peft-ext hub: update card",
+            parent_commit=head,
+        )
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _tags(self, repo: str) -> list[str]:
         check_repo(repo)
-        try:
-            with translated(f"Listing versions of {repo}", self.endpoint, self._token):
-                return [t.name for t in self._api.list_repo_refs(repo).tags]
-        except RemoteError:
+        if hf_constants.is_offline_mode():  # explicitly offline: the versions already pulled are what there is
             cached = self._cached_tags(repo)
             if cached is None:
-                raise
-            warnings.warn(f"{self.endpoint} unreachable: versions of {repo} listed from the local cache.", stacklevel=3)
+                raise RemoteError(
+                    f"Listing versions of {repo}: offline mode is enabled (HF_HUB_OFFLINE) and {repo} was never "
+                    "pulled here; unset HF_HUB_OFFLINE."
+                )
+            warnings.warn(f"Offline mode: versions of {repo} listed from the local cache.", stacklevel=3)
             return cached
+        try:
+            return self._call(
+                f"Listing versions of {repo}", lambda: [t.name for t in self._api.list_repo_refs(repo).tags]
+            )
         except NotFoundError:
             return []
+        except RemoteError as exc:
+            if self._cached_tags(repo) is None:
+                raise
+            raise type(exc)(
+                f"{exc} Versions cannot be resolved without the server; an exact version pulled before still "
+                "works, and HF_HUB_OFFLINE=1 lists the cached ones."
+            ) from None
+
+    def _storage(self, repo: str) -> Path:
+        cache = Path(self.cache_dir or hf_constants.HF_HUB_CACHE).expanduser()
+        return cache / repo_folder_name(repo_id=repo, repo_type="model")
 
     def _cached_tags(self, repo: str) -> list[str] | None:
         """Tags whose commit the HF cache knows (from earlier pulls); None if the repo was never pulled."""
-        cache = Path(self.cache_dir or hf_constants.HF_HUB_CACHE).expanduser()
-        refs = cache / repo_folder_name(repo_id=repo, repo_type="model") / "refs"
+        refs = self._storage(repo) / "refs"
         if not refs.is_dir():
             return None
         return [p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()]
@@ -284,16 +416,36 @@ class HfStore(Store):
             except RevisionResolutionError:
                 pass
         try:
-            with translated(f"Resolving {repo} {tag}", self.endpoint, self._token):
-                return self._api.resolve_revision(repo, revision=tag, cache_dir=self.cache_dir).resolved
+            return self._call(
+                f"Resolving {repo} {tag}",
+                lambda: self._api.resolve_revision(repo, revision=tag, cache_dir=self.cache_dir).resolved,
+            )
         except NotFoundError:
             raise NotFoundError(f"{repo}: version tag {tag} does not exist at {self.endpoint}.") from None
 
     def _download(self, repo: str, filename: str, commit: str) -> bytes:
-        path = hf_hub_download(
-            repo, filename, revision=commit, endpoint=self.endpoint, token=self._token, cache_dir=self.cache_dir
+        """A file's bytes at ``commit``, checked against the blob name huggingface_hub files it under (its ETag: git
+        blob sha1, or sha256 for LFS files); a cached blob that does not match is dropped and downloaded once more."""
+        for _attempt in range(2):
+            link = Path(
+                hf_hub_download(
+                    repo,
+                    filename,
+                    revision=commit,
+                    endpoint=self.endpoint,
+                    token=self._token,
+                    cache_dir=self.cache_dir,
+                    etag_timeout=self.timeout_s,
+                )
+            )
+            data, blob = link.read_bytes(), link.resolve()
+            if blob.name in (git_hash(data), hashlib.sha256(data).hexdigest()) or blob == link:
+                return data
+            link.unlink()
+            blob.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"{repo}/{filename} at {commit[:12]} arrived twice with bytes that do not match its ETag; retry later."
         )
-        return Path(path).read_bytes()
 
     def _manifest_at(self, repo: str, task: str, version: SemVer, commit: str) -> Manifest:
         name = f"{task}/{version}/{MANIFEST_FILE}"
@@ -302,7 +454,9 @@ class HfStore(Store):
     def _index(self, repo: str, commit: str) -> list[dict[str, Any]]:
         try:
             rows = json.loads(self._download(repo, INDEX_FILE, commit)).get("versions")
-        except EntryNotFoundError:
+        except EntryNotFoundError as exc:
+            if status_of(exc) != 404:  # only "no index yet"; a cache fallback error is a real failure
+                raise
             return []
         except (ValueError, AttributeError):  # damaged index: the card starts over, versions are unaffected
             return []

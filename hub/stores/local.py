@@ -4,7 +4,10 @@ Writes happen under a per-repo file lock (``<repo>/.lock``, the ``filelock`` pac
 several processes are serialised and each gets its own version. A version is written into ``<repo>/.staging/``
 and renamed into place in one step: a push killed at any point leaves either the whole version or nothing visible
 (stale staging folders are removed by the next writer). Yanks are marker files ``<task>/.yanked/<version>.json``;
-the version's own bytes never change. The repo's ``README.md`` is the same model card the Hub store writes.
+the version's own bytes never change. The repo's ``README.md`` is the same model card the Hub store writes; it is
+rewritten after every push (also one that finds its version already there, which repairs the card of a push killed
+between the rename and the card) and by :meth:`LocalStore.refresh_card`. File-system failures (a root that is a file,
+no permission, a full disk) become :class:`StoreAccessError`.
 """
 
 from __future__ import annotations
@@ -13,21 +16,51 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from filelock import FileLock, Timeout
 
 from ..card import render_card
-from ..errors import ConcurrentUpdateError, InvalidVersionError, ManifestError, NotFoundError
+from ..errors import (
+    ConcurrentUpdateError,
+    HubError,
+    InvalidArgumentError,
+    InvalidVersionError,
+    ManifestError,
+    NotFoundError,
+    StoreAccessError,
+)
 from ..manifest import MANIFEST_FILE, read_manifest
 from ..names import check_repo, check_task
 from ..versions import SemVer, next_version
 from .base import MakeManifest, PublishResult, Store, VersionEntry, card_row, check_same_files, hub_base_ids, parent_of
 
 LOCK_TIMEOUT_S = 600.0
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _os_errors(method: F) -> F:
+    """Turn a file-system failure inside a store method into :class:`StoreAccessError` naming the root."""
+
+    @wraps(method)
+    def wrapper(self: LocalStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except HubError:
+            raise
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise StoreAccessError(
+                f"The local store at {str(self.root)!r} cannot be used: {exc.strerror or type(exc).__name__} "
+                f"({where}). Pass a writable folder (--root / PEFT_EXT_HUB_ROOT)."
+            ) from None
+
+    return cast(F, wrapper)
 
 
 def default_root() -> Path:
@@ -43,17 +76,25 @@ class LocalStore(Store):
     """A store in a local directory (the default store)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        if root is not None and (not isinstance(root, (str, os.PathLike)) or isinstance(root, bytes) or root == ""):
+            raise InvalidArgumentError(
+                f"LocalStore root must be a folder path, got {type(root).__name__} {root!r:.60}."
+            )
         self.root = Path(root).expanduser() if root is not None else default_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreAccessError(f"The local store root {str(self.root)!r} is a file, not a folder; pass a folder.")
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r})"
 
+    @_os_errors
     def tasks(self, repo: str) -> list[str]:
         folder = self._repo_dir(repo)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and _is_task(p.name))
 
+    @_os_errors
     def versions(self, repo: str, task: str) -> list[VersionEntry]:
         folder = self._repo_dir(repo) / check_task(task)
         if not folder.is_dir():
@@ -68,6 +109,7 @@ class LocalStore(Store):
             entries.append(VersionEntry(version, marker.is_file(), reason))
         return sorted(entries, key=lambda e: e.version)
 
+    @_os_errors
     def publish(
         self,
         repo: str,
@@ -87,22 +129,26 @@ class LocalStore(Store):
             manifest = make_manifest(chosen, parent_of(existing, chosen))
             if final.exists():
                 check_same_files(repo, task, read_manifest(final), manifest)
+                self._write_card(repo)  # a push killed after its rename left the card behind: this repairs it
                 return PublishResult(repo, task, chosen, False, str(final))
+            manifest_bytes = manifest.to_json()  # validated before anything is staged
             stage = repo_dir / ".staging" / uuid.uuid4().hex
             stage.mkdir(parents=True)
-            for name, data in {**files, MANIFEST_FILE: manifest.to_json()}.items():
+            for name, data in {**files, MANIFEST_FILE: manifest_bytes}.items():
                 _write_synced(stage / name, data)
             final.parent.mkdir(exist_ok=True)
             os.rename(stage, final)  # the commit point: the version appears whole or not at all
             self._write_card(repo)
         return PublishResult(repo, task, chosen, True, str(final))
 
+    @_os_errors
     def fetch(self, repo: str, task: str, version: SemVer) -> Path:
         folder = self._repo_dir(repo) / check_task(task) / str(version)
         if not folder.is_dir():
             raise NotFoundError(f"{repo}: {task} {version} does not exist in {self.root}.")
         return folder
 
+    @_os_errors
     def set_yanked(self, repo: str, task: str, version: SemVer, yanked: bool, reason: str | None = None) -> None:
         repo_dir = self._repo_dir(repo)
         folder = self.fetch(repo, task, version).parent
@@ -114,6 +160,14 @@ class LocalStore(Store):
                 _atomic_write(marker, json.dumps({"reason": reason, "yanked_at": stamp}).encode())
             else:
                 marker.unlink(missing_ok=True)
+            self._write_card(repo)
+
+    @_os_errors
+    def refresh_card(self, repo: str) -> None:
+        repo_dir = self._repo_dir(repo)
+        if not repo_dir.is_dir():
+            raise NotFoundError(f"{repo} does not exist in {self.root}; nothing to repair.")
+        with self._locked(repo_dir):
             self._write_card(repo)
 
     def _repo_dir(self, repo: str) -> Path:

@@ -58,7 +58,8 @@ class SoftPromptEncoder(BasePromptEncoder):
     def _pin_unused_anchor_rows(self) -> None:
         if self.num_anchor_tokens and self._trains_vectors_directly:
             with torch.no_grad():
-                self.embedding.weight[: self.num_anchor_tokens] = self.anchor_values
+                anchors: torch.Tensor = self.anchor_values  # type: ignore[assignment]
+                self.embedding.weight[: self.num_anchor_tokens] = anchors
 
     def prompt(self) -> torch.Tensor:
         """The final prompt; differentiable with respect to the trained vectors and encoder in training mode."""

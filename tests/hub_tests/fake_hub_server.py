@@ -4,7 +4,8 @@ State is in memory: repos with commits (full file trees), branches and tags. It 
 depends on it: every file is "regular" at preupload, a stale ``parentCommit`` gets 412, an existing tag or branch
 409, unknown repos/revisions/files 404 with ``X-Error-Code``, and ref names are checked with git's rules (400).
 ``server.faults`` injects failures (status codes, or sleeps for timeouts), before or after a request takes effect;
-``server.requests`` records every request for counting.
+``server.requests`` records every request for counting. ``echo_auth=True`` makes every error answer quote the
+request's Authorization header, as a careless server might: what a client must never pass on.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ class Fault:
 
 
 class FakeHub:
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, echo_auth: bool = False) -> None:
         self.token = token
+        self.echo_auth = echo_auth
         self.repos: dict[str, Repo] = {}
         self.lock = threading.RLock()
         self.faults: list[Fault] = []
@@ -186,16 +188,17 @@ class _Handler(BaseHTTPRequestHandler):
         fault = hub.take_fault(method, path)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
+        echo = f" (request had Authorization: {self.headers.get('Authorization')})" if hub.echo_auth else ""
         if fault is not None and not fault.after:
-            return self._send_json(fault.status, {"error": f"injected {fault.status}"})
+            return self._send_json(fault.status, {"error": f"injected {fault.status}{echo}"})
         try:
             status, payload, headers = self._route(method, segments)
         except HttpError as err:
             extra = {"X-Error-Code": err.code} if err.code else {}
-            extra["X-Error-Message"] = err.message
-            return self._send_json(err.status, err.body or {"error": err.message}, extra)
+            extra["X-Error-Message"] = err.message + echo
+            return self._send_json(err.status, err.body or {"error": err.message + echo}, extra)
         if fault is not None:  # the request took effect, but the answer is lost
-            return self._send_json(fault.status, {"error": f"injected {fault.status} after effect"})
+            return self._send_json(fault.status, {"error": f"injected {fault.status} after effect{echo}"})
         if isinstance(payload, bytes):
             self._send(status, payload, headers, "application/octet-stream")
         else:

@@ -16,11 +16,39 @@ from pathlib import Path
 
 import pytest
 from fake_hub_server import FakeHub
-from hub_testutils import TOKEN, make_adapter
+from fault_proxy import FaultProxy
+from hub_testutils import REPO, TOKEN, make_adapter
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.utils import disable_progress_bars
 
 from hub import HfStore, LocalStore, Store
 
-__all__ = ["adapter", "fake_hub", "hf_store", "local_store", "store", "tiny_llama"]
+__all__ = [
+    "adapter",
+    "edit_stored",
+    "fake_hub",
+    "fault_proxy",
+    "hermetic_hf",
+    "hf_store",
+    "local_store",
+    "proxied_store",
+    "store",
+    "tiny_llama",
+]
+
+
+@pytest.fixture(autouse=True)
+def hermetic_hf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The caller's HF_* environment does not reach the tests: online, no token, no saved login.
+
+    huggingface_hub reads HF_HUB_OFFLINE and the token path once at import, so the constants are patched as well as
+    the variables; tests that want offline mode or a token set them themselves.
+    """
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_login" / "token"))
+    disable_progress_bars()
 
 
 @pytest.fixture
@@ -29,6 +57,23 @@ def fake_hub() -> Iterator[FakeHub]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fault_proxy(fake_hub: FakeHub) -> Iterator[FaultProxy]:
+    """A proxy in front of ``fake_hub`` that injects 5xx, stalls, truncated and corrupted bodies."""
+    proxy = FaultProxy(fake_hub.url)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxied_store(fault_proxy: FaultProxy, tmp_path: Path) -> HfStore:
+    """An HfStore that reaches the fake Hub through the fault proxy, with a short timeout (it only bounds hangs)."""
+    return HfStore(
+        endpoint=fault_proxy.url, token=TOKEN, cache_dir=tmp_path / "proxied_cache", retry_wait_s=0.01, timeout_s=2
+    )
 
 
 @pytest.fixture
@@ -84,3 +129,32 @@ def tiny_llama():  # noqa: ANN201
         return LlamaForCausalLM(config).eval()
 
     return build, tokenizer
+
+
+def edit_stored(
+    store: Store, request: pytest.FixtureRequest, version: str, edit: Callable[[dict[str, bytes]], None]
+) -> Store:
+    """Edit the stored files of ``coach <version>`` (name -> bytes, in place) where the store keeps them.
+
+    Returns a store to pull with that has no cached copy: the same LocalStore, or an HfStore with a fresh cache.
+    """
+    if isinstance(store, LocalStore):
+        folder = store.root / REPO / "coach" / version
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        edit(files)
+        for p in folder.iterdir():
+            p.unlink()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        return store
+    server: FakeHub = request.getfixturevalue("fake_hub")
+    commit = server.repos[REPO].commits[server.repos[REPO].tags[f"coach/v{version}"]]
+    prefix = f"coach/{version}/"
+    files = {k[len(prefix) :]: v for k, v in commit.files.items() if k.startswith(prefix)}
+    edit(files)
+    commit.files = {k: v for k, v in commit.files.items() if not k.startswith(prefix)}
+    commit.files.update({prefix + name: data for name, data in files.items()})
+    tmp: Path = request.getfixturevalue("tmp_path")
+    return HfStore(
+        endpoint=server.url, token=TOKEN, cache_dir=tmp / f"fresh_{len(list(tmp.iterdir()))}", retry_wait_s=0.01
+    )

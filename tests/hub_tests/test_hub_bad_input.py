@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO, make_adapter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hub
 from hub import HfStore, Store
@@ -164,3 +166,48 @@ def test_malformed_constraints_are_refused(store: Store, adapter: Callable[..., 
     hub.push(adapter(seed=1), REPO, task="coach", store=store)
     with pytest.raises(InvalidConstraintError):
         hub.pull(REPO, "coach", spec, store=store)
+
+
+config_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 10)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["PROMPT_TUNING", "SOFT_PROMPT", "LORA", "CAUSAL_LM", "TEXT", "RANDOM"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+CONFIG_KEYS = [
+    "peft_type",
+    "task_type",
+    "num_virtual_tokens",
+    "token_dim",
+    "num_transformer_submodules",
+    "num_layers",
+    "inference_mode",
+    "prompt_tuning_init",
+    "tokenizer_kwargs",
+    "modules_to_save",
+    "base_model_name_or_path",
+    "other",
+]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+@given(st.dictionaries(st.sampled_from(CONFIG_KEYS), config_values, max_size=4))
+def test_fuzzed_adapter_configs_are_loadable_by_peft_or_refused_by_name(change: dict) -> None:
+    """Whatever the config says, validation either refuses it with a named error or PEFT builds its config."""
+    import json
+
+    from peft import PeftConfig
+
+    from hub.validate import check_config
+
+    config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "token_dim": 8} | change
+    try:
+        accepted = check_config(json.dumps(config, allow_nan=True).encode(), "adapter_config.json")
+    except InvalidAdapterError:
+        return
+    built = PeftConfig.from_peft_type(**accepted)
+    assert built.is_prompt_learning and type(built.num_virtual_tokens) is int and built.num_virtual_tokens > 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx2
 import pytest
 from fake_hub_server import FakeHub, Fault
 from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
@@ -15,7 +14,6 @@ from hub_testutils import REPO, TOKEN
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
-from huggingface_hub.utils import _http as hf_http
 
 import hub
 from hub import HfStore, Manifest
@@ -46,18 +44,6 @@ def check_no_tag_without_commit(server: FakeHub) -> list[str]:
 
 def version_commits(server: FakeHub, title: str) -> int:
     return sum(c.title == title for c in server.repos[REPO].commits.values())
-
-
-@pytest.fixture
-def short_timeout() -> Iterator[None]:
-    """huggingface_hub has no request timeout by default; give its client one so a hung server fails fast."""
-    hf_http.set_client_factory(
-        lambda: httpx2.Client(
-            event_hooks={"request": [hf_http.hf_request_event_hook]}, follow_redirects=True, timeout=1.0
-        )
-    )
-    yield
-    hf_http.set_client_factory(hf_http.default_client_factory)
 
 
 def test_layout_one_commit_and_one_tag_per_version(hf_store: HfStore, fake_hub: FakeHub, adapter: MakeAdapter) -> None:
@@ -168,11 +154,11 @@ def test_transient_faults_are_retried(hf_store: HfStore, fake_hub: FakeHub, adap
     assert version_commits(fake_hub, "peft-ext hub: coach v1.0.1") == 1
 
 
-@pytest.mark.usefixtures("short_timeout")
 @pytest.mark.parametrize("path", [r"/commit/", r"/tag/"])
 def test_timeouts_after_the_effect_leave_one_version(
-    hf_store: HfStore, fake_hub: FakeHub, adapter: MakeAdapter, path: str
+    fake_hub: FakeHub, tmp_path: Path, adapter: MakeAdapter, path: str
 ) -> None:
+    hf_store = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c", retry_wait_s=0.01, timeout_s=1)
     fake_hub.faults.append(Fault("POST", path, delay=2.0, after=True, status=200))
     assert hub.push(adapter(seed=1), REPO, task="coach", store=hf_store).version == hub.SemVer(1, 0, 0)
     assert check_no_tag_without_commit(fake_hub) == ["coach/v1.0.0"]
@@ -228,7 +214,7 @@ def test_cached_pull_makes_no_request_and_offline_mode_works(
 
 def test_token_never_leaks(fake_hub: FakeHub, tmp_path: Path, adapter: MakeAdapter, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.DEBUG)
-    good = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c")
+    good = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c", retry_wait_s=0.01)
     hub.push(adapter(seed=1), REPO, task="coach", store=good)
     hub.yank(REPO, "coach", "1.0.0", reason="test", store=good)
     wrong = "hf_WRONGsecret000000000000"

@@ -6,13 +6,16 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.base_ref import BaseModelRef
-from hub.errors import ManifestError, ManifestSchemaError
-from hub.manifest import SCHEMA_VERSION, Manifest
+from hub.errors import InvalidMetadataError, ManifestError, ManifestSchemaError
+from hub.manifest import SCHEMA_VERSION, Manifest, check_metadata
 from hub.versions import SemVer
+
+# No deadlines and no too-slow health check: the machine running the suite may be busy.
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def sample() -> Manifest:
@@ -26,6 +29,13 @@ def sample() -> Manifest:
         training_data_hash="sha256:abc",
         metrics={"accuracy": 0.9},
     )
+
+
+BUILD: dict[str, Any] = {
+    "task": "coach",
+    "version": SemVer(1, 0, 0),
+    "files": {"adapter_config.json": b"{}", "adapter_model.safetensors": b"xyz"},
+}
 
 
 def test_round_trip() -> None:
@@ -73,6 +83,13 @@ def test_malformed_fields_raise_manifest_error(change: dict[str, Any]) -> None:
         Manifest.from_json(json.dumps(raw))
 
 
+def test_1e999_is_refused_instead_of_read_as_inf() -> None:
+    text = sample().to_json().decode().replace('"accuracy": 0.9', '"accuracy": 1e999')
+    assert "1e999" in text
+    with pytest.raises(ManifestError, match="out of range"):
+        Manifest.from_json(text)
+
+
 @pytest.mark.parametrize("text", [b"", b"not json", b"[]", b'{"schema_version": NaN}', b"\xff\xfe"])
 def test_non_manifests_raise_manifest_error(text: bytes) -> None:
     with pytest.raises(ManifestError):
@@ -86,6 +103,7 @@ json_values = st.recursive(
 )
 
 
+@FUZZ
 @given(st.dictionaries(st.sampled_from(list(sample().to_dict())), json_values, max_size=6))
 def test_fuzzed_fields_raise_only_manifest_error(change: dict[str, Any]) -> None:
     raw = sample().to_dict() | change
@@ -96,9 +114,31 @@ def test_fuzzed_fields_raise_only_manifest_error(change: dict[str, Any]) -> None
     assert Manifest.from_json(manifest.to_json()) == manifest
 
 
+@FUZZ
 @given(st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
 def test_fuzzed_bytes_raise_only_manifest_error(data: bytes) -> None:
     try:
         Manifest.from_json(data)
     except ManifestError:
         pass
+
+
+metric_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.tuples(st.integers()),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@FUZZ
+@given(metric_values, st.none() | st.text(max_size=8) | st.integers() | st.binary(max_size=4))
+def test_fuzzed_metadata_is_stored_whole_or_refused_by_name(metrics: Any, data_hash: Any) -> None:
+    """What push checks up front and what the manifest writes agree: refused by name, or read back equal."""
+    try:
+        check_metadata(metrics, data_hash)
+    except InvalidMetadataError:
+        with pytest.raises(InvalidMetadataError):
+            Manifest.build(**(BUILD | {"metrics": metrics, "training_data_hash": data_hash})).to_json()
+        return
+    manifest = Manifest.build(**(BUILD | {"metrics": metrics, "training_data_hash": data_hash}))
+    assert Manifest.from_json(manifest.to_json()) == manifest

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_hub_server import FakeHub
 from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO, TOKEN
 from safetensors.numpy import load_file
 
 import hub
-from hub import Store
+from hub import HfStore, Store
 from hub.errors import (
     IntegrityError,
     NoMatchingVersionError,
@@ -109,25 +110,38 @@ def test_missing_exact_version_is_not_found(store: Store, adapter: MakeAdapter) 
         hub.pull("org/nothing-here", "coach", "1.0.0", store=store)
 
 
-def test_tampered_file_is_detected_on_pull(store: Store, adapter: MakeAdapter) -> None:
-    hub.push(adapter(seed=1), REPO, task="coach", store=store)
-    folder = hub.pull(REPO, "coach", "1.0.0", store=store)
-    weights = (folder / "adapter_model.safetensors").resolve()  # the HF cache links to a blob
-    weights.chmod(0o644)
-    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
-    with pytest.raises(IntegrityError, match="adapter_model.safetensors"):
-        hub.pull(REPO, "coach", "1.0.0", store=store)
+def damage_stored(store: Store, request: pytest.FixtureRequest, name: str, mutate: Callable[[bytes], bytes]) -> Store:
+    """Change a stored file of coach 1.0.0 where the store keeps it; return a store that has no cached copy."""
+    if isinstance(store, hub.LocalStore):
+        path = store.root / REPO / "coach" / "1.0.0" / name
+        path.write_bytes(mutate(path.read_bytes()))
+        return store
+    server: FakeHub = request.getfixturevalue("fake_hub")
+    files = server.repos[REPO].commits[server.repos[REPO].tags["coach/v1.0.0"]].files
+    files[f"coach/1.0.0/{name}"] = mutate(files[f"coach/1.0.0/{name}"])
+    tmp: Path = request.getfixturevalue("tmp_path")
+    return HfStore(endpoint=server.url, token=TOKEN, cache_dir=tmp / "fresh_cache", retry_wait_s=0.01)
 
 
-def test_manifest_hash_mismatch_is_detected(store: Store, adapter: MakeAdapter) -> None:
+def test_tampered_file_is_detected_on_pull(store: Store, adapter: MakeAdapter, request: pytest.FixtureRequest) -> None:
     hub.push(adapter(seed=1), REPO, task="coach", store=store)
-    folder = hub.pull(REPO, "coach", "1.0.0", store=store)
-    manifest_path = (folder / MANIFEST_FILE).resolve()
-    raw = json.loads(manifest_path.read_text())
-    raw["files"]["adapter_config.json"]["sha256"] = "0" * 64
-    manifest_path.write_text(json.dumps(raw))
+    reader = damage_stored(store, request, "adapter_model.safetensors", lambda b: b[:-4] + b"\0\0\0\0")
+    with pytest.raises(IntegrityError, match="adapter_model.safetensors") as caught:
+        hub.pull(REPO, "coach", "1.0.0", store=reader)
+    assert "yank coach 1.0.0" in str(caught.value).lower()
+
+
+def test_manifest_hash_mismatch_is_detected(store: Store, adapter: MakeAdapter, request: pytest.FixtureRequest) -> None:
+    hub.push(adapter(seed=1), REPO, task="coach", store=store)
+
+    def wrong_hash(data: bytes) -> bytes:
+        raw = json.loads(data)
+        raw["files"]["adapter_config.json"]["sha256"] = "0" * 64
+        return json.dumps(raw).encode()
+
+    reader = damage_stored(store, request, MANIFEST_FILE, wrong_hash)
     with pytest.raises(IntegrityError, match="adapter_config.json"):
-        hub.pull(REPO, "coach", "1.0.0", store=store)
+        hub.pull(REPO, "coach", "1.0.0", store=reader)
 
 
 def test_card_describes_the_repo(store: Store, adapter: MakeAdapter, tiny_llama, tmp_path: Path) -> None:  # noqa: ANN001

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.errors import InvalidConstraintError, InvalidVersionError
@@ -13,17 +13,23 @@ from hub.versions import Constraint, SemVer, next_version
 nums = st.integers(min_value=0, max_value=10**6)
 versions = st.builds(SemVer, nums, nums, nums)
 
+# No deadlines and no too-slow health check: the machine running the suite may be busy.
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+
+@FUZZ
 @given(versions)
 def test_version_text_round_trips(version: SemVer) -> None:
     assert SemVer.parse(str(version)) == version
 
 
+@FUZZ
 @given(versions, versions)
 def test_version_order_is_numeric(a: SemVer, b: SemVer) -> None:
     assert (a < b) == ((a.major, a.minor, a.patch) < (b.major, b.minor, b.patch))
 
 
+@FUZZ
 @given(st.text(max_size=20))
 def test_version_parser_accepts_only_strict_semver(text: str) -> None:
     try:
@@ -33,6 +39,7 @@ def test_version_parser_accepts_only_strict_semver(text: str) -> None:
     assert str(version) == text
 
 
+@FUZZ
 @given(st.text(max_size=20))
 def test_constraint_parser_raises_only_its_named_error(text: str) -> None:
     try:
@@ -41,6 +48,7 @@ def test_constraint_parser_raises_only_its_named_error(text: str) -> None:
         pass
 
 
+@FUZZ
 @given(st.sampled_from(["^", "~", ""]), versions, st.lists(versions, max_size=8))
 def test_constraint_select_is_highest_match(op: str, base: SemVer, pool: list[SemVer]) -> None:
     constraint = Constraint.parse(f"{op}{base}")
@@ -119,6 +127,7 @@ def test_bad_repo_names_are_refused(bad: str) -> None:
         check_repo(bad)
 
 
+@FUZZ
 @given(st.text(max_size=30))
 def test_accepted_task_names_are_safe_paths_and_refs(text: str) -> None:
     try:
