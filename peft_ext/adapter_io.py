@@ -1,7 +1,8 @@
-"""Where a soft prompt comes from, and what makes a tensor a usable one.
+"""Reading soft prompts: the one reader of adapter folders, and what makes a tensor a usable prompt.
 
 A prompt is a ``[num_virtual_tokens, hidden]`` float tensor. It can be read from a saved PEFT prompt adapter
-(safetensors only: pickles are refused), taken from a ``PeftModel``'s adapter, or given directly.
+(``adapter_config.json`` + ``adapter_model.safetensors``, PEFT's own file names; pickles are refused), taken from a
+``PeftModel``'s adapter, or given directly.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import os
 from typing import Any
 
 import torch
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
 from .errors import AdapterLoadError, HiddenSizeMismatchError, InvalidRequestError, NonFiniteValueError
+from .integration import INPUT_PROMPT_TYPE_NAMES, active_adapter, adapter_prompt
 
-# PEFT types whose saved ``prompt_embeddings`` is a prompt that enters as input embeddings.
-INPUT_PROMPT_TYPE_NAMES = ("SOFT_PROMPT", "PROMPT_TUNING", "P_TUNING")
+PROMPT_KEY = "prompt_embeddings"  # the tensor PEFT saves for a prompt that enters as input embeddings
 
 
 def read_saved_prompt(folder: str | os.PathLike) -> torch.Tensor:
@@ -23,22 +25,20 @@ def read_saved_prompt(folder: str | os.PathLike) -> torch.Tensor:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = os.path.join(folder, "adapter_model.safetensors")
+    path = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
     if not os.path.isfile(path):
-        pickle = os.path.join(folder, "adapter_model.bin")
+        pickle = os.path.join(folder, WEIGHTS_NAME)
         hint = (
-            " It has only a pickle (adapter_model.bin), which peft_ext refuses to load."
-            if os.path.exists(pickle)
-            else ""
+            f" It has only a pickle ({WEIGHTS_NAME}), which peft_ext refuses to load." if os.path.exists(pickle) else ""
         )
-        raise AdapterLoadError(f"No adapter_model.safetensors in {folder}.{hint}")
+        raise AdapterLoadError(f"No {SAFETENSORS_WEIGHTS_NAME} in {folder}.{hint}")
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError) as error:
         raise AdapterLoadError(f"{path} is not a readable safetensors file: {error}") from error
-    if "prompt_embeddings" not in tensors:
-        raise AdapterLoadError(f"{path} holds no 'prompt_embeddings' tensor: it is not a prompt adapter.")
-    return tensors["prompt_embeddings"]
+    if PROMPT_KEY not in tensors:
+        raise AdapterLoadError(f"{path} holds no {PROMPT_KEY!r} tensor: it is not a prompt adapter.")
+    return tensors[PROMPT_KEY]
 
 
 def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> None:
@@ -56,16 +56,24 @@ def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> No
         raise NonFiniteValueError(f"{what} contains NaN or Inf values.")
 
 
-def read_adapter_prompt(folder: str | os.PathLike[str]) -> torch.Tensor:
-    """The prompt of a saved adapter folder, checked to be an input-prompt adapter by its ``adapter_config.json``."""
-    config_path = os.path.join(folder, "adapter_config.json")
+def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter_config.json`` of an adapter folder, as a dict."""
+    config_path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(config_path):
-        raise AdapterLoadError(f"No adapter_config.json in {folder}: not a PEFT adapter folder.")
+        raise AdapterLoadError(f"No {CONFIG_NAME} in {folder}: not a PEFT adapter folder.")
     try:
         with open(config_path, encoding="utf-8") as file:
-            peft_type = json.load(file).get("peft_type")
-    except (OSError, ValueError, AttributeError) as error:
+            config = json.load(file)
+    except (OSError, ValueError, RecursionError) as error:
         raise AdapterLoadError(f"{config_path} is not a readable adapter config: {error}") from error
+    if not isinstance(config, dict):
+        raise AdapterLoadError(f"{config_path} is not a readable adapter config: not a JSON object.")
+    return config
+
+
+def read_adapter_prompt(folder: str | os.PathLike[str]) -> torch.Tensor:
+    """The prompt of a saved adapter folder, checked to be an input-prompt adapter by its ``adapter_config.json``."""
+    peft_type = read_adapter_config(folder).get("peft_type")
     if peft_type not in INPUT_PROMPT_TYPE_NAMES:
         raise AdapterLoadError(
             f"The adapter in {folder} is {peft_type}; soft prompts are {', '.join(INPUT_PROMPT_TYPE_NAMES)} adapters."
@@ -81,9 +89,7 @@ def load_soft_prompt(source: Any, adapter_name: str | None = None) -> torch.Tens
     if isinstance(source, (str, os.PathLike)):
         return read_adapter_prompt(source)
     if hasattr(source, "prompt_encoder"):  # a PeftModel
-        from ._peft_integration import adapter_prompt
-
-        name = adapter_name if adapter_name is not None else source.active_adapter
+        name = adapter_name if adapter_name is not None else active_adapter(source)
         prompt = adapter_prompt(source, name)
         if prompt is None:
             raise InvalidRequestError(f"Adapter name {name!r} means no soft prompt; name a soft-prompt adapter.")

@@ -16,8 +16,9 @@ class UnsupportedPeftVersionError(PeftExtError, ImportError):
     """The installed peft is outside the range whose internals peft_ext was tested against."""
 
 
-class UnknownInitError(PeftExtError, ValueError):
-    """``SoftPromptConfig.init`` (or another strategy field) names no known strategy."""
+class UnknownStrategyError(PeftExtError, ValueError):
+    """A strategy field of ``SoftPromptConfig`` (``init``, ``text_length_policy``, ``reparameterization``) names no
+    known strategy."""
 
 
 class InvalidConfigError(PeftExtError, ValueError):

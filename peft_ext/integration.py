@@ -35,6 +35,7 @@ from peft import PeftModel, PeftModelForCausalLM, PeftType
 from .errors import AdapterNotFoundError, UnsupportedModelError, UnsupportedPeftVersionError
 
 TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
+BASE_ADAPTER = "__base__"  # the adapter name meaning "no prompt" for a row; None works too
 # PEFT types whose prompt enters as input embeddings: per-row adapters and peft_ext's readers work for these.
 INPUT_PROMPT_TYPE_NAMES = ("SOFT_PROMPT", "PROMPT_TUNING", "P_TUNING")
 _EXACT_GENERATE = "_peft_ext_exact_generate"  # set on a PeftModel by route_stock_generate
@@ -99,7 +100,7 @@ def _add_peft_type(name: str) -> None:
 def _bind_state_dict_hooks(encoder_class: Any) -> None:
     """PEFT (>= 0.21) saves and loads a prompt encoder's tensors through two private hooks of ``BasePromptEncoder``."""
 
-    def get_adapter_state_dict(cls: Any, model: Any, config: Any, adapter_name: str, *_: Any) -> dict:
+    def get_adapter_state_dict(cls: Any, model: Any, config: Any, adapter_name: str, *_: Any, **__: Any) -> dict:
         return model.prompt_encoder[adapter_name].tensors_to_save()
 
     encoder_class._get_adapter_state_dict = classmethod(get_adapter_state_dict)
@@ -124,7 +125,7 @@ def _ours(config: Any) -> bool:
 
 
 def is_input_prompt(config: Any) -> bool:
-    return str(config.peft_type) in INPUT_PROMPT_TYPE_NAMES
+    return getattr(config.peft_type, "value", config.peft_type) in INPUT_PROMPT_TYPE_NAMES
 
 
 # --- building the prompt module -------------------------------------------------------------------------------------
@@ -238,8 +239,11 @@ def check_adapter(model: Any, name: str) -> None:
         )
 
 
-def adapter_prompt(model: Any, name: str) -> torch.Tensor:
-    """The prompt ``[n, hidden]`` of one input-prompt adapter of a ``PeftModel`` (differentiable while training)."""
+def adapter_prompt(model: Any, name: str | None) -> torch.Tensor | None:
+    """The prompt ``[n, hidden]`` of one input-prompt adapter of a ``PeftModel`` (differentiable while training);
+    None for the bare base model (``None`` or ``BASE_ADAPTER``)."""
+    if name is None or name == BASE_ADAPTER:
+        return None
     check_adapter(model, name)
     config = model.peft_config[name]
     encoder: Any = model.prompt_encoder[name]

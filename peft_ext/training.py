@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .integration import score_every_label
+
 
 @dataclass
 class TrainingResult:
@@ -111,10 +113,7 @@ def train_soft_prompts(
         train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length),
         data_collator=_MixedAdapterCollator(tokenizer),
     )
-    # Each row's prompt precedes its text, so every text token is a prediction target, the first one included.
-    # Trainer's token count (the loss's divisor, summed over ranks under DDP) would drop each row's first label
-    # as for a plain causal LM: the loss would then depend on padding, batch split and world size.
-    trainer._loss_shifts_labels = False
+    score_every_label(trainer)  # a prompt precedes each text, so its first token is a target too
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainingResult(losses=losses, steps=output.global_step, seconds=output.metrics["train_runtime"])

@@ -6,7 +6,8 @@ keys/values are cached), laid out with positions that make every row independent
 rows (``layout``), and run with each prompt's cached keys/values (``kv_cache``).
 """
 
-from .engine import BASE_ADAPTER, Prompt, PromptEngine
+from ..integration import BASE_ADAPTER
+from .engine import Prompt, PromptEngine
 from .kv_cache import DEFAULT_MAX_BYTES, KVCacheStats, PromptKVCache
 
 __all__ = ["BASE_ADAPTER", "DEFAULT_MAX_BYTES", "KVCacheStats", "Prompt", "PromptEngine", "PromptKVCache"]

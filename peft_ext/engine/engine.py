@@ -14,6 +14,8 @@ Keys: ``(name, serial, versions)``. ``serial`` is unique to one loaded prompt (`
 from __future__ import annotations
 
 import itertools
+import threading
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,9 @@ from ..integration import cache_argument
 from .kv_cache import DEFAULT_MAX_BYTES, LayerKV, PromptKVCache, batch_cache
 from .layout import filler_ids, holes_first, is_encoder_decoder, positions_from_mask, prefix_mask, prepend_prompts
 
-BASE_ADAPTER = "__base__"  # the name meaning "no prompt" for a row; None works too
 _SERIALS = itertools.count(1)
+_ENGINES: weakref.WeakKeyDictionary[Any, PromptEngine] = weakref.WeakKeyDictionary()  # one per model, not copied
+_ENGINES_LOCK = threading.Lock()
 
 
 def next_serial() -> int:
@@ -53,24 +56,32 @@ class PromptEngine:
     """Runs ``model`` (a frozen transformers model) with a prompt per row. One per model: :meth:`of`."""
 
     def __init__(self, model: Any, kv_cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.model = model
+        self._model = weakref.ref(model)  # the engine of a model must not keep the model alive (see ``of``)
         self.kv_cache = PromptKVCache(kv_cache_bytes)
         self.is_encoder_decoder = is_encoder_decoder(model)
+
+    @property
+    def model(self) -> Any:
+        model = self._model()
+        assert model is not None, "the model of this engine was garbage-collected"
+        return model
 
     @classmethod
     def of(cls, model: Any) -> PromptEngine:
         """The engine of ``model``, made on first use: every path serving this model shares its prompt KV cache."""
-        engine = model.__dict__.get("_peft_ext_engine")
-        if engine is None:
-            engine = model.__dict__["_peft_ext_engine"] = cls(model)
-        return engine
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(model)
+            if engine is None:
+                engine = _ENGINES[model] = cls(model)
+            return engine
 
     # --- prompts -------------------------------------------------------------------------------------------------
 
     @staticmethod
     def prompts(rows: Rows) -> list[torch.Tensor | None]:
         """Every row's prompt tensor, each distinct prompt computed once."""
-        computed = {id(p): p.compute() for p in rows if p is not None}
+        distinct = {id(p): p for p in rows if p is not None}
+        computed = {key: p.compute() for key, p in distinct.items()}
         return [None if p is None else computed[id(p)] for p in rows]
 
     def _prefix(self, rows: Rows, device: torch.device) -> tuple[Any, torch.Tensor, int]:
@@ -80,10 +91,9 @@ class PromptEngine:
                 f"{type(self.model).__name__} is an encoder-decoder model: its bidirectional encoder cannot reuse "
                 "prompt keys/values; use reuse_kv=False (recomputation)."
             )
-        distinct: dict[int, LayerKV] = {
-            id(p): self.kv_cache.get(self.model, p.key, p.compute) for p in rows if p is not None
-        }
-        per_row = [None if p is None else distinct[id(p)] for p in rows]
+        distinct = {id(p): p for p in rows if p is not None}
+        kvs: dict[int, LayerKV] = {key: self.kv_cache.get(self.model, p.key, p.compute) for key, p in distinct.items()}
+        per_row = [None if p is None else kvs[id(p)] for p in rows]
         mask, longest = prefix_mask([0 if kv is None else kv[0][0].shape[2] for kv in per_row], device)
         return (batch_cache(self.model, per_row, longest) if longest else None), mask, longest
 
@@ -110,7 +120,9 @@ class PromptEngine:
         prompts = self.prompts(rows)
         if self.is_encoder_decoder:
             batch = prepend_prompts(prompts, inputs_embeds, attention_mask)
-            return model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=labels, **kwargs)
+            return model(
+                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=labels, **kwargs
+            )
         batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
         order = holes_first(batch.attention_mask)
         if order is None:

@@ -3,14 +3,15 @@ a :class:`Prompt` keyed by the adapter's name, its encoder's serial and its tens
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..errors import InvalidRequestError
-from ..integration import active_adapter, adapter_prompt, adapter_tensors, check_adapter
-from .engine import BASE_ADAPTER, Prompt, PromptEngine, next_serial, prompt_key
+from ..integration import BASE_ADAPTER, active_adapter, adapter_prompt, adapter_tensors, check_adapter
+from .engine import Prompt, PromptEngine, next_serial, prompt_key
 
 
 def _serial(module: torch.nn.Module) -> int:
@@ -32,7 +33,7 @@ def rows(model: Any, adapter_names: Sequence[str | None] | None, batch: int) -> 
         encoder = model.prompt_encoder[name]
         # In training mode (dropout in an encoder) a prompt is not deterministic, and never cached.
         key = None if model.training else prompt_key(name, _serial(encoder), adapter_tensors(model, name))
-        prompts[name] = Prompt(key, lambda name=name: adapter_prompt(model, name))
+        prompts[name] = Prompt(key, functools.partial(_prompt, model, name))
     return [None if n is None or n == BASE_ADAPTER else prompts[n] for n in adapter_names]
 
 
@@ -61,3 +62,9 @@ def generate(
         raise InvalidRequestError("generate with soft prompts needs input_ids.")
     engine = PromptEngine.of(model.get_base_model())
     return engine.generate(rows(model, adapter_names, input_ids.shape[0]), input_ids, attention_mask, **generate_kwargs)
+
+
+def _prompt(model: Any, name: str) -> torch.Tensor:
+    prompt = adapter_prompt(model, name)
+    assert prompt is not None  # rows() gives no Prompt to the bare base model
+    return prompt

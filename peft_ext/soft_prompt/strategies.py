@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .config import SoftPromptConfig
 
 
-class Init(str, Enum):
+class Init(StrEnum):
     """How the virtual tokens start (``SoftPromptConfig.init``)."""
 
     RANDOM = "random"
@@ -40,7 +40,7 @@ class Init(str, Enum):
     ADAPTER = "adapter"
 
 
-class LengthPolicy(str, Enum):
+class LengthPolicy(StrEnum):
     """How an init text is fitted to ``num_virtual_tokens`` (``SoftPromptConfig.text_length_policy``)."""
 
     REPEAT = "repeat"
@@ -165,11 +165,12 @@ class TextInit(InitStrategy):
                     f"init_text is {len(ids)} tokens but num_virtual_tokens={wanted}. Set text_length_policy to "
                     "'repeat', 'truncate', 'pad' or 'exact' to say how to fit it."
                 )
-            fitted = FIT_TEXT[policy](ids, wanted, config, len(tokenizer))
+            fitted = FIT_TEXT[LengthPolicy(policy)](ids, wanted, config, len(tokenizer))
             if fitted is None:
                 raise InitTextLengthError(
-                    f"text_length_policy={policy.value!r} cannot fit {len(ids)} text tokens into num_virtual_tokens="
-                    f"{wanted}: 'truncate' only shortens and 'pad' only lengthens; use 'repeat' or 'exact' instead."
+                    f"text_length_policy={LengthPolicy(policy).value!r} cannot fit {len(ids)} text tokens into "
+                    f"num_virtual_tokens={wanted}: 'truncate' only shortens and 'pad' only lengthens; use 'repeat' or "
+                    "'exact' instead."
                 )
             ids = fitted
         config.init_token_ids, config.num_virtual_tokens = ids, wanted
