@@ -98,3 +98,24 @@ def load_soft_prompt(source: Any, adapter_name: str | None = None) -> torch.Tens
         f"Cannot read a soft prompt from {type(source).__name__}; give a [n, hidden] tensor, an adapter folder or a "
         "PeftModel (with adapter_name)."
     )
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS (the usual choice for causal LMs)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise InvalidRequestError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+    return int(pad)
+
+
+def pad_texts(tokenizer: Any, texts: list[str], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, padded on the left (or right) without changing the tokenizer."""
+    rows = [list(ids) for ids in tokenizer(texts)["input_ids"]]
+    longest = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), longest), pad_token_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(rows):
+        span = slice(longest - len(ids), longest) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask

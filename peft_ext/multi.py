@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .adapter_io import check_prompt_tensor, load_soft_prompt
+from .adapter_io import check_prompt_tensor, load_soft_prompt, pad_texts
 from .engine import BASE_ADAPTER, Prompt, PromptEngine
 from .engine.engine import next_serial, prompt_key
 from .engine.kv_cache import DEFAULT_MAX_BYTES, KVCacheStats
@@ -57,9 +57,7 @@ class MultiPromptModel:
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.tokenizer = tokenizer
-        if tokenizer is not None and tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token  # batching texts needs a pad token; EOS is the usual choice
+        self.tokenizer = tokenizer  # used as it is: padding is done here, the caller's tokenizer is never changed
         self.capacity = capacity
         self.engine = PromptEngine.of(model)
         self.engine.kv_cache.set_max_bytes(kv_cache_bytes)
@@ -173,9 +171,8 @@ class MultiPromptModel:
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
             # A decoder appends on the right, so pad left; an encoder's relative positions need the text right after
             # the prompt, so pad right. Per call: the caller's tokenizer is left as it is.
-            side = "right" if self.is_encoder_decoder else "left"
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=side)
-            return encoded["input_ids"].to(self._device), encoded["attention_mask"].to(self._device), True
+            ids, mask = pad_texts(self.tokenizer, texts, left=not self.is_encoder_decoder)
+            return ids.to(self._device), mask.to(self._device), True
         input_ids = torch.as_tensor(inputs, device=self._device)
         input_ids = input_ids[None] if input_ids.dim() == 1 else input_ids
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self._device)

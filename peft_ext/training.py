@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .adapter_io import pad_token_id
 from .integration import score_every_label
 
 
@@ -44,7 +45,7 @@ class _MixedAdapterCollator:
     """
 
     def __init__(self, tokenizer: Any) -> None:
-        self.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = pad_token_id(tokenizer)  # the caller's tokenizer is left as it is
 
     def __call__(self, rows: list[tuple[list[int], str]]) -> dict[str, Any]:
         longest = max(len(ids) for ids, _ in rows)
@@ -86,8 +87,6 @@ def train_soft_prompts(
     """
     from transformers import Trainer, TrainingArguments
 
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     texts_by_adapter = dict(texts) if isinstance(texts, Mapping) else {model.active_adapter: list(texts)}
     for name in texts_by_adapter:
         model.prompt_encoder[name].requires_grad_(True)  # PEFT adds extra adapters frozen
