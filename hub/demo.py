@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 SEED_INPUTS = {
@@ -60,6 +58,8 @@ def register(commands: Any) -> None:
 
 def _heldout_losses(model: Any, tokenizer: Any, data: dict[str, list[str]], adapters: list[str | None]) -> dict:
     """Mean token loss of every adapter (None: the bare base) on every task's held-out texts."""
+    import torch
+
     losses: dict[str, dict[str, float]] = {}
     model.eval()
     for adapter in adapters:
@@ -105,6 +105,8 @@ def _print_losses(before: dict, after: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the demo's heavy work starts here; registering the command (``--help``) stays instant
+
     from peft import get_peft_model
 
     from peft_ext import MultiPromptModel, SoftPromptConfig
