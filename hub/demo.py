@@ -106,7 +106,6 @@ def _print_losses(before: dict, after: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch  # the demo's heavy work starts here; registering the command (``--help``) stays instant
-
     from peft import get_peft_model
 
     from peft_ext import MultiPromptModel, SoftPromptConfig
