@@ -16,7 +16,7 @@ from .versions import Constraint, SemVer
 if TYPE_CHECKING:
     from .api import VersionDetails, pull, push, repair_card, resolve, show, tasks, yank
     from .base_ref import BaseModelRef
-    from .diff import DiffResult, TokenDiff, diff
+    from .compare import DiffResult, TokenDiff, diff
     from .manifest import MANIFEST_FILE, Manifest
     from .stores.base import PublishResult, Store, VersionEntry
     from .stores.hf import HfStore
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(["VersionDetails", "pull", "push", "repair_card", "resolve", "show", "tasks", "yank"], "hub.api"),
     "BaseModelRef": "hub.base_ref",
-    **dict.fromkeys(["DiffResult", "TokenDiff", "diff"], "hub.diff"),
+    **dict.fromkeys(["DiffResult", "TokenDiff", "diff"], "hub.compare"),
     **dict.fromkeys(["MANIFEST_FILE", "Manifest"], "hub.manifest"),
     **dict.fromkeys(["PublishResult", "Store", "VersionEntry"], "hub.stores.base"),
     "HfStore": "hub.stores.hf",
@@ -37,7 +37,8 @@ _LAZY = {
 def versions(repo: str, task: str, *, store: Store | None = None) -> list[VersionEntry]:
     """Every version of ``task``, ascending, yanked ones included and flagged (``hub.api.versions``).
 
-    Defined here because the submodule ``hub.versions`` (semantic versions) shares the name.
+    Defined here because the submodule ``hub.versions`` (semantic versions) shares the name: importing a submodule
+    sets the package attribute of that name, which must stay this function.
     """
     from .api import versions as list_versions
 

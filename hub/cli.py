@@ -221,7 +221,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .diff import diff
+    from .compare import diff
 
     store = _store(args)
     model, tokenizer = _load_model(args.model) if args.model else (None, None)
