@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from peft_ext import base_models
-from peft_ext.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
+from peft_ext.cli.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
 from peft_ext.errors import BaseModelLoadError
 
 WORDS = ["<unk>", "</s>", "<s>", "hello", "world", "paris", "is", "the", "capital"]

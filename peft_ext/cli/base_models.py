@@ -24,7 +24,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from .errors import BaseModelLoadError
+from ..errors import BaseModelLoadError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

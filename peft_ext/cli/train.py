@@ -13,7 +13,7 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from .errors import InvalidConfigError
+from ..errors import InvalidConfigError
 
 
 def register(commands: Any) -> None:
@@ -54,7 +54,7 @@ def register(commands: Any) -> None:
 
 
 def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
-    from .soft_prompt import SoftPromptConfig
+    from ..soft_prompt import SoftPromptConfig
 
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
@@ -82,10 +82,10 @@ def _publisher() -> Any:
 def run(args: argparse.Namespace) -> int:
     from peft import get_peft_model
 
+    from ..training import train_soft_prompts
     from .base_models import load_base_model
     from .data import load_texts
     from .plots import plot_losses
-    from .training import train_soft_prompts
 
     texts = load_texts(args.data, args.text_column)  # before the model: bad data fails fast
     publish = _publisher() if args.push else None

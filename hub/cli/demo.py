@@ -109,13 +109,13 @@ def run(args: argparse.Namespace) -> int:
     from peft import get_peft_model
 
     from peft_ext import MultiPromptModel, SoftPromptConfig
-    from peft_ext.base_models import load_base_model
-    from peft_ext.data import packaged_prompts, packaged_quotes
-    from peft_ext.plots import plot_before_after, plot_losses
+    from peft_ext.cli.base_models import load_base_model
+    from peft_ext.cli.data import packaged_prompts, packaged_quotes
+    from peft_ext.cli.plots import plot_before_after, plot_losses
     from peft_ext.training import train_soft_prompts
 
-    from . import api
-    from .stores.local import LocalStore
+    from .. import api
+    from ..stores.local import LocalStore
 
     started = time.perf_counter()
     output = args.output or os.path.join("peft-ext-output", time.strftime("demo-%Y%m%d-%H%M%S"))
