@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
-from .errors import AdapterLoadError, HiddenSizeMismatchError, InvalidRequestError, NonFiniteValueError
+from .errors import (
+    AdapterLoadError,
+    HiddenSizeMismatchError,
+    InvalidPromptTensorError,
+    InvalidRequestError,
+    NonFiniteValueError,
+)
 from .integration import INPUT_PROMPT_TYPE_NAMES, active_adapter, adapter_prompt
 
 PROMPT_KEY = "prompt_embeddings"  # the tensor PEFT saves for a prompt that enters as input embeddings
@@ -44,14 +50,16 @@ def read_saved_prompt(folder: str | os.PathLike) -> torch.Tensor:
 def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> None:
     """Refuse a prompt that cannot be put before this model's embeddings."""
     if prompt.dim() != 2 or prompt.shape[0] < 1:
-        raise HiddenSizeMismatchError(f"{what} must be a [num_tokens, hidden] tensor, got shape {tuple(prompt.shape)}.")
+        raise InvalidPromptTensorError(
+            f"{what} must be a [num_tokens, hidden] tensor, got shape {tuple(prompt.shape)}."
+        )
     if prompt.shape[1] != hidden_size:
         raise HiddenSizeMismatchError(
             f"{what} is {prompt.shape[1]} wide but the base model's hidden size is {hidden_size}: "
             "it was trained for a different model."
         )
     if not prompt.is_floating_point():
-        raise HiddenSizeMismatchError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
+        raise InvalidPromptTensorError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
     if not torch.isfinite(prompt).all():
         raise NonFiniteValueError(f"{what} contains NaN or Inf values.")
 

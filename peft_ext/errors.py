@@ -45,6 +45,10 @@ class HiddenSizeMismatchError(PeftExtError, ValueError):
     """A soft prompt's width differs from the base model's hidden size."""
 
 
+class InvalidPromptTensorError(PeftExtError, ValueError):
+    """A tensor meant to be a soft prompt is not a ``[num_tokens, hidden]`` floating-point tensor."""
+
+
 class NonFiniteValueError(PeftExtError, ValueError):
     """A soft prompt (or a tensor meant to become one) contains NaN or Inf."""
 
