@@ -11,8 +11,8 @@ import json
 import math
 
 import torch
-from conftest import make_model
 from safetensors.torch import load_file
+from tiny_models import make_model
 
 from hub import LocalStore, versions
 from peft_ext.cli import main

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny_models import make_model
 from transformers import LlamaForCausalLM
 
 from hub import LocalStore, pull, versions
