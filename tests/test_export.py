@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig, export_prompt_tuning
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig, export_prompt_tuning
 from peft_ext.errors import AdapterLoadError, AdapterNotFoundError, HiddenSizeMismatchError, NonFiniteValueError

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_model
 from peft import PeftConfig, PeftModel, PeftType, PromptTuningConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
+from tiny_models import make_model
 
 import peft_ext
 from peft_ext import SoftPromptConfig

@@ -10,8 +10,8 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
 from peft import PeftModel, get_peft_model
+from tiny_models import make_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peft_ext import SoftPromptConfig, adapter_prompt, export_prompt_tuning
