@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["mixed_generation.py", "prefill.py", "adapters.py", "hub_cached_pull.py"]
+BENCHMARKS = ["mixed_generation.py", "prefill.py", "train_step.py", "adapters.py", "hub_cached_pull.py"]
 
 if __name__ == "__main__":
     failed = [name for name in BENCHMARKS if subprocess.run([sys.executable, str(HERE / name)], cwd=HERE).returncode]

@@ -20,8 +20,8 @@ import tempfile
 from peft import get_peft_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig
-from peft_ext.base_models import load_base_model
-from peft_ext.data import packaged_prompts, packaged_quotes
+from peft_ext.cli.base_models import load_base_model
+from peft_ext.cli.data import packaged_prompts, packaged_quotes
 from peft_ext.training import train_soft_prompts
 
 INPUTS = ["I want you to act as a motivational coach.", "There are two nice things that should matter to you:"]

@@ -5,15 +5,51 @@ get a verified local folder for ``PeftModel.from_pretrained``. Two stores share 
 (the default, a directory) and :class:`HfStore` (a Hugging Face Hub repo, versions tagged ``<task>/v<version>``).
 """
 
-from .api import VersionDetails, pull, push, repair_card, resolve, show, tasks, versions, yank
-from .base_ref import BaseModelRef
-from .diff import DiffResult, TokenDiff, diff
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import HubError
-from .manifest import MANIFEST_FILE, Manifest
-from .stores.base import PublishResult, Store, VersionEntry
-from .stores.hf import HfStore
-from .stores.local import LocalStore
 from .versions import Constraint, SemVer
+
+if TYPE_CHECKING:
+    from .api import VersionDetails, pull, push, repair_card, resolve, show, tasks, yank
+    from .base_ref import BaseModelRef
+    from .compare import DiffResult, TokenDiff, diff
+    from .manifest import MANIFEST_FILE, Manifest
+    from .stores.base import PublishResult, Store, VersionEntry
+    from .stores.hf import HfStore
+    from .stores.local import LocalStore
+
+# Loaded on first use, so that ``import hub.versions`` (pure Python) pulls in neither torch nor huggingface_hub.
+_LAZY = {
+    **dict.fromkeys(["VersionDetails", "pull", "push", "repair_card", "resolve", "show", "tasks", "yank"], "hub.api"),
+    "BaseModelRef": "hub.base_ref",
+    **dict.fromkeys(["DiffResult", "TokenDiff", "diff"], "hub.compare"),
+    **dict.fromkeys(["MANIFEST_FILE", "Manifest"], "hub.manifest"),
+    **dict.fromkeys(["PublishResult", "Store", "VersionEntry"], "hub.stores.base"),
+    "HfStore": "hub.stores.hf",
+    "LocalStore": "hub.stores.local",
+}
+
+
+def versions(repo: str, task: str, *, store: Store | None = None) -> list[VersionEntry]:
+    """Every version of ``task``, ascending, yanked ones included and flagged (``hub.api.versions``).
+
+    Defined here because the submodule ``hub.versions`` (semantic versions) shares the name: importing a submodule
+    sets the package attribute of that name, which must stay this function.
+    """
+    from .api import versions as list_versions
+
+    return list_versions(repo, task, store=store)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hub' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = [
     "MANIFEST_FILE",

@@ -1,4 +1,4 @@
-"""The hub calls: push, pull, versions, tasks, show, yank. ``diff`` lives in :mod:`hub.diff`."""
+"""The hub calls: push, pull, versions, tasks, show, yank. ``diff`` lives in :mod:`hub.compare`."""
 
 from __future__ import annotations
 

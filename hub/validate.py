@@ -152,7 +152,7 @@ def check_weights(data: bytes, config: dict[str, Any], source: str) -> tuple[int
 
 def _soft_prompt_types() -> tuple[str, ...]:
     import peft_ext  # noqa: F401  (registers SOFT_PROMPT with PEFT)
-    from peft_ext.sources import INPUT_PROMPT_TYPE_NAMES
+    from peft_ext.integration import INPUT_PROMPT_TYPE_NAMES
 
     return tuple(INPUT_PROMPT_TYPE_NAMES)
 

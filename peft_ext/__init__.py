@@ -1,34 +1,98 @@
 """peft-ext: soft prompts as first-class, shareable PEFT adapters.
 
 Importing this package registers the ``SOFT_PROMPT`` method with PEFT, so ``get_peft_model``, ``save_pretrained``,
-``PeftModel.from_pretrained``, ``load_adapter`` and ``push_to_hub`` work for it as for PEFT's own methods.
+``PeftModel.from_pretrained``, ``load_adapter`` and ``push_to_hub`` work for it as for PEFT's own methods. The
+import itself is instant: registration happens as soon as ``peft`` is imported (``_registration``), and the names
+below load on first use.
 """
 
-from ._peft_integration import BASE_ADAPTER, adapter_prompt, register, use_exact_generate
-from .config import SoftPromptConfig
-from .errors import PeftExtError
-from .export import export_prompt_tuning
-from .kv_cache import KVCacheStats, PromptKVCache
-from .multi import MultiPromptModel
-from .prompt_module import SoftPromptEncoder
-from .prompting import forward_with_prompts, generate_with_prompts
+from __future__ import annotations
 
-register()
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import _registration
+from .errors import PeftExtError
+
+if TYPE_CHECKING:
+    from .engine import BASE_ADAPTER, KVCacheStats, PromptEngine, PromptKVCache
+    from .export import export_prompt_tuning
+    from .integration import adapter_prompt
+    from .multi import MultiPromptModel
+    from .soft_prompt import Init, LengthPolicy, Reparameterization, SoftPromptConfig, SoftPromptEncoder
 
 __version__ = "0.1.0.dev0"
 
+_LAZY = {
+    "BASE_ADAPTER": "peft_ext.integration",
+    "KVCacheStats": "peft_ext.engine",
+    "PromptEngine": "peft_ext.engine",
+    "PromptKVCache": "peft_ext.engine",
+    "export_prompt_tuning": "peft_ext.export",
+    "adapter_prompt": "peft_ext.integration",
+    "MultiPromptModel": "peft_ext.multi",
+    "Init": "peft_ext.soft_prompt",
+    "LengthPolicy": "peft_ext.soft_prompt",
+    "Reparameterization": "peft_ext.soft_prompt",
+    "SoftPromptConfig": "peft_ext.soft_prompt",
+    "SoftPromptEncoder": "peft_ext.soft_prompt",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'peft_ext' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def register() -> None:
+    """Register ``SOFT_PROMPT`` with PEFT now. Safe to call any number of times; importing peft_ext arranges it."""
+    from . import integration
+    from .engine import peft_model
+    from .soft_prompt import SoftPromptConfig, SoftPromptEncoder
+    from .soft_prompt.config import SOFT_PROMPT
+
+    integration.install(
+        integration.PromptMethod(
+            name=SOFT_PROMPT,
+            config_class=SoftPromptConfig,
+            encoder_class=SoftPromptEncoder,
+            forward=peft_model.forward,
+            generate=peft_model.generate,
+        )
+    )
+
+
+def use_exact_generate(model: Any, enabled: bool = True) -> Any:
+    """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING`` adapters through peft_ext's path.
+
+    Stock PEFT 0.21 prompt-tuning ``generate`` is wrong with transformers >= 5.24 (it feeds the virtual tokens again
+    at every decoding step: wrong tokens on RoPE models, index errors on GPT-2/OPT); its ``forward`` is right. With
+    this opt-in, ``generate`` prepends the active adapter's prompt once, as SOFT_PROMPT adapters always do, and gives
+    the tokens that greedy decoding with PEFT's own ``forward`` gives. ``forward`` is left to PEFT. Returns ``model``.
+    """
+    from .integration import route_stock_generate
+
+    route_stock_generate(model, enabled)
+    return model
+
+
+_registration.register_when_peft_loads(register)
+
 __all__ = [
     "BASE_ADAPTER",
+    "Init",
     "KVCacheStats",
+    "LengthPolicy",
     "MultiPromptModel",
     "PeftExtError",
+    "PromptEngine",
     "PromptKVCache",
+    "Reparameterization",
     "SoftPromptConfig",
     "SoftPromptEncoder",
     "adapter_prompt",
     "export_prompt_tuning",
-    "forward_with_prompts",
-    "generate_with_prompts",
     "register",
     "use_exact_generate",
 ]

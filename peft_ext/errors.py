@@ -16,8 +16,9 @@ class UnsupportedPeftVersionError(PeftExtError, ImportError):
     """The installed peft is outside the range whose internals peft_ext was tested against."""
 
 
-class UnknownInitError(PeftExtError, ValueError):
-    """``SoftPromptConfig.init`` (or another strategy field) names no known strategy."""
+class UnknownStrategyError(PeftExtError, ValueError):
+    """A strategy field of ``SoftPromptConfig`` (``init``, ``text_length_policy``, ``reparameterization``) names no
+    known strategy."""
 
 
 class InvalidConfigError(PeftExtError, ValueError):
@@ -42,6 +43,10 @@ class MissingLabelWordsError(PeftExtError, ValueError):
 
 class HiddenSizeMismatchError(PeftExtError, ValueError):
     """A soft prompt's width differs from the base model's hidden size."""
+
+
+class InvalidPromptTensorError(PeftExtError, ValueError):
+    """A tensor meant to be a soft prompt is not a ``[num_tokens, hidden]`` floating-point tensor."""
 
 
 class NonFiniteValueError(PeftExtError, ValueError):

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import Any
 
 import torch
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 
-from .errors import AdapterLoadError
-from .sources import check_prompt_tensor, read_saved_prompt
-from .transformers_compat import STOCK_PROMPT_GENERATE_BROKEN_SINCE, stock_prompt_generate_is_broken
+from .adapter_io import PROMPT_KEY, check_prompt_tensor, read_adapter_config, read_saved_prompt
+from .integration import STOCK_PROMPT_GENERATE_BROKEN_SINCE, adapter_prompt, stock_prompt_generate_is_broken
 
 
 def _source_prompt(source: Any, adapter_name: str) -> tuple[torch.Tensor, dict[str, Any]]:
     if isinstance(source, PeftModel):
-        from ._peft_integration import adapter_prompt
-
         prompt = adapter_prompt(source, adapter_name)
-        assert prompt is not None
+        assert prompt is not None  # "default" or another adapter name, never the bare base model
         return prompt.detach().float().cpu(), source.peft_config[adapter_name].to_dict()
     folder = os.fspath(source)
-    config_path = os.path.join(folder, "adapter_config.json")
-    if not os.path.isfile(config_path):
-        raise AdapterLoadError(f"No adapter_config.json in {folder}: not a PEFT adapter folder.")
-    with open(config_path, encoding="utf-8") as file:
-        config = json.load(file)
-    return read_saved_prompt(folder).float(), config
+    return read_saved_prompt(folder).float(), read_adapter_config(folder)
 
 
 def export_prompt_tuning(source: Any, output_dir: str | os.PathLike, adapter_name: str = "default") -> str:
@@ -63,8 +55,6 @@ def export_prompt_tuning(source: Any, output_dir: str | os.PathLike, adapter_nam
     )
     output = os.fspath(output_dir)
     os.makedirs(output, exist_ok=True)
-    save_file(
-        {"prompt_embeddings": prompt.contiguous()}, os.path.join(output, "adapter_model.safetensors"), {"format": "pt"}
-    )
+    save_file({PROMPT_KEY: prompt.contiguous()}, os.path.join(output, SAFETENSORS_WEIGHTS_NAME), {"format": "pt"})
     stock.save_pretrained(output)
     return output

@@ -1,8 +1,8 @@
 """``MultiPromptModel``: many soft prompts served on one frozen base model, a different one per row.
 
 Prompts are plain ``[n, hidden]`` tensors keyed by name (a prompt is a few KB; the base model is hundreds of MB).
-Every call goes through ``peft_ext.prompting``, the same path as ``PeftModel(..., adapter_names=...)``, with each
-prompt's keys/values computed once and kept in a bounded ``PromptKVCache``.
+Every call goes through the model's one :class:`~peft_ext.engine.PromptEngine`, the same path as
+``PeftModel(..., adapter_names=...)``, with each prompt's keys/values computed once and kept in its bounded cache.
 """
 
 from __future__ import annotations
@@ -17,18 +17,22 @@ from typing import Any
 
 import torch
 
-from ._peft_integration import BASE_ADAPTER
+from .adapter_io import check_prompt_tensor, load_soft_prompt, pad_texts
+from .engine import BASE_ADAPTER, Prompt, PromptEngine
+from .engine.engine import next_serial, prompt_key
+from .engine.kv_cache import DEFAULT_MAX_BYTES, KVCacheStats
 from .errors import AdapterNotFoundError, InvalidConfigError, InvalidRequestError
-from .kv_cache import DEFAULT_MAX_BYTES, KVCacheStats, PromptKVCache
-from .prompting import cached_forward, forward_with_prompts, generate_with_prompts, is_encoder_decoder
-from .sources import check_prompt_tensor, load_soft_prompt
 
 
 @dataclass
 class _Loaded:
     prompt: torch.Tensor
-    version: int  # part of the KV-cache key: a re-added name never reuses the old prompt's keys/values
+    serial: int  # part of the KV-cache key: a re-added name never reuses the old prompt's keys/values
     folder: str | None  # where an evicted prompt can be reloaded from
+
+    def as_prompt(self, name: str) -> Prompt:
+        prompt = self.prompt
+        return Prompt(prompt_key(name, self.serial, [prompt]), lambda: prompt)
 
 
 class MultiPromptModel:
@@ -53,18 +57,17 @@ class MultiPromptModel:
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.tokenizer = tokenizer
-        if tokenizer is not None and tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token  # batching texts needs a pad token; EOS is the usual choice
+        self.tokenizer = tokenizer  # used as it is: padding is done here, the caller's tokenizer is never changed
         self.capacity = capacity
-        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.engine = PromptEngine.of(model)
+        self.engine.kv_cache.set_max_bytes(kv_cache_bytes)
+        self.kv_cache = self.engine.kv_cache
+        self.is_encoder_decoder = self.engine.is_encoder_decoder
         self.reuse_kv = reuse_kv and not self.is_encoder_decoder
-        self.kv_cache = PromptKVCache(kv_cache_bytes)
         embeddings = model.get_input_embeddings().weight
         self._hidden_size, self._device, self._dtype = embeddings.shape[1], embeddings.device, embeddings.dtype
         self._prompts: OrderedDict[str, _Loaded] = OrderedDict()
         self._evicted: dict[str, str] = {}  # name -> folder, for prompts that can come back
-        self._versions = 0
         self._lock = threading.RLock()
         self._selected = threading.local()
 
@@ -83,8 +86,7 @@ class MultiPromptModel:
         prompt = prompt.detach().to(device=self._device, dtype=self._dtype).contiguous()
         with self._lock:
             self._discard(name)
-            self._versions += 1
-            self._prompts[name] = _Loaded(prompt, self._versions, folder)
+            self._prompts[name] = _Loaded(prompt, next_serial(), folder)
             self._evict_over_capacity()
 
     def remove(self, name: str) -> None:
@@ -97,14 +99,17 @@ class MultiPromptModel:
         loaded = self._prompts.pop(name, None)
         self._evicted.pop(name, None)
         if loaded is not None:
-            self.kv_cache.discard(lambda key: key == (name, loaded.version))
+            self._forget(name, loaded)
 
     def _evict_over_capacity(self) -> None:
         while self.capacity is not None and len(self._prompts) > self.capacity:
             name, loaded = self._prompts.popitem(last=False)
-            self.kv_cache.discard(lambda key, n=name, v=loaded.version: key == (n, v))
+            self._forget(name, loaded)
             if loaded.folder is not None:
                 self._evicted[name] = loaded.folder
+
+    def _forget(self, name: str, loaded: _Loaded) -> None:
+        self.kv_cache.discard(lambda key: key[:2] == (name, loaded.serial))
 
     @property
     def names(self) -> list[str]:
@@ -147,22 +152,17 @@ class MultiPromptModel:
         finally:
             self._selected.name = previous
 
-    def _rows(self, adapters: Sequence[str | None] | str | None, batch: int) -> tuple[list[Any], list[Any]]:
+    def _rows(self, adapters: Sequence[str | None] | str | None, batch: int) -> list[Prompt | None]:
         if adapters is None or isinstance(adapters, str):
             adapters = [adapters if isinstance(adapters, str) else getattr(self._selected, "name", None)] * batch
         if len(adapters) != batch:
             raise InvalidRequestError(f"adapters needs one name per row ({batch} rows), got {len(adapters)}.")
-        prompts: list[torch.Tensor | None] = []
-        keys: list[Any] = []
-        for name in adapters:
-            if name is None or name == BASE_ADAPTER:
-                prompts.append(None)
-                keys.append(None)
-            else:
-                loaded = self._get(name)
-                prompts.append(loaded.prompt)
-                keys.append((name, loaded.version))
-        return prompts, keys
+        prompts = {
+            name: self._get(name).as_prompt(name)
+            for name in dict.fromkeys(adapters)
+            if name is not None and name != BASE_ADAPTER
+        }
+        return [None if name is None or name == BASE_ADAPTER else prompts[name] for name in adapters]
 
     def _encode(self, inputs: Any, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)):
@@ -171,9 +171,8 @@ class MultiPromptModel:
             texts = [inputs] if isinstance(inputs, str) else list(inputs)
             # A decoder appends on the right, so pad left; an encoder's relative positions need the text right after
             # the prompt, so pad right. Per call: the caller's tokenizer is left as it is.
-            side = "right" if self.is_encoder_decoder else "left"
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=side)
-            return encoded["input_ids"].to(self._device), encoded["attention_mask"].to(self._device), True
+            ids, mask = pad_texts(self.tokenizer, texts, left=not self.is_encoder_decoder)
+            return ids.to(self._device), mask.to(self._device), True
         input_ids = torch.as_tensor(inputs, device=self._device)
         input_ids = input_ids[None] if input_ids.dim() == 1 else input_ids
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self._device)
@@ -191,12 +190,11 @@ class MultiPromptModel:
         """Logits of every row with its own prompt: ``[batch, text length, vocab]`` for the text tokens of a
         decoder-only model; an encoder-decoder's decoder logits (pass ``decoder_input_ids``)."""
         input_ids, mask, _ = self._encode(inputs, attention_mask)
-        prompts, keys = self._rows(adapters, input_ids.shape[0])
+        rows = self._rows(adapters, input_ids.shape[0])
         if self.reuse_kv:
-            output = cached_forward(self.model, prompts, input_ids, mask, keys, self.kv_cache, **model_kwargs)
-            return output.logits
+            return self.engine.cached_forward(rows, input_ids, mask, **model_kwargs).logits
         with torch.no_grad():
-            logits = forward_with_prompts(self.model, prompts, input_ids, mask, **model_kwargs).logits
+            logits = self.engine.forward(rows, input_ids, mask, **model_kwargs).logits
         return logits if self.is_encoder_decoder else logits[:, -input_ids.shape[1] :]
 
     def generate(
@@ -211,17 +209,8 @@ class MultiPromptModel:
         Texts in, new texts out (``list[str]``); token ids in, ``[batch, text + new tokens]`` ids out.
         """
         input_ids, mask, from_text = self._encode(inputs, attention_mask)
-        prompts, keys = self._rows(adapters, input_ids.shape[0])
-        output = generate_with_prompts(
-            self.model,
-            prompts,
-            input_ids,
-            mask,
-            keys=keys,
-            kv_cache=self.kv_cache,
-            reuse_kv=self.reuse_kv,
-            **generate_kwargs,
-        )
+        rows = self._rows(adapters, input_ids.shape[0])
+        output = self.engine.generate(rows, input_ids, mask, reuse_kv=self.reuse_kv, **generate_kwargs)
         if not from_text:
             return output
         new_tokens = output if self.is_encoder_decoder else output[:, input_ids.shape[1] :]

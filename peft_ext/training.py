@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from .adapter_io import pad_token_id
+from .integration import score_every_label
+
 
 @dataclass
 class TrainingResult:
@@ -42,7 +45,7 @@ class _MixedAdapterCollator:
     """
 
     def __init__(self, tokenizer: Any) -> None:
-        self.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = pad_token_id(tokenizer)  # the caller's tokenizer is left as it is
 
     def __call__(self, rows: list[tuple[list[int], str]]) -> dict[str, Any]:
         longest = max(len(ids) for ids, _ in rows)
@@ -84,8 +87,6 @@ def train_soft_prompts(
     """
     from transformers import Trainer, TrainingArguments
 
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     texts_by_adapter = dict(texts) if isinstance(texts, Mapping) else {model.active_adapter: list(texts)}
     for name in texts_by_adapter:
         model.prompt_encoder[name].requires_grad_(True)  # PEFT adds extra adapters frozen
@@ -111,10 +112,7 @@ def train_soft_prompts(
         train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length),
         data_collator=_MixedAdapterCollator(tokenizer),
     )
-    # Each row's prompt precedes its text, so every text token is a prediction target, the first one included.
-    # Trainer's token count (the loss's divisor, summed over ranks under DDP) would drop each row's first label
-    # as for a plain causal LM: the loss would then depend on padding, batch split and world size.
-    trainer._loss_shifts_labels = False
+    score_every_label(trainer)  # a prompt precedes each text, so its first token is a target too
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainingResult(losses=losses, steps=output.global_step, seconds=output.metrics["train_runtime"])

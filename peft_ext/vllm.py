@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from .adapter_io import check_prompt_tensor, load_soft_prompt
 from .errors import InvalidRequestError, UnsupportedModelError
-from .sources import check_prompt_tensor, load_soft_prompt
 
 PromptSource = torch.Tensor | str | os.PathLike[str] | PeftModel  # a [n, hidden] tensor, an adapter folder, a PeftModel
 TokenIds = Sequence[int] | torch.Tensor

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's tiny models, also when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models.py, also when run as a script
 
-from conftest import make_model  # noqa: E402
 from peft import get_peft_model  # noqa: E402
+from tiny_models import make_model  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from peft_ext import SoftPromptConfig  # noqa: E402

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from peft_ext import base_models
-from peft_ext.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
+from peft_ext.cli.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
 from peft_ext.errors import BaseModelLoadError
 
 WORDS = ["<unk>", "</s>", "<s>", "hello", "world", "paris", "is", "the", "capital"]
@@ -220,3 +220,14 @@ def test_embedded_default_converts_once_then_loads_from_cache(monkeypatch, tmp_p
     output = again.model.generate(**inputs, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert answer and "Paris" in answer
+
+
+def test_the_hub_store_lives_in_the_same_cache_root(monkeypatch, tmp_path):
+    from hub.stores.local import default_root
+
+    for name in ("PEFT_EXT_HUB_ROOT", "PEFT_EXT_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_root() == base_models.cache_root() / "hub" == tmp_path / "xdg" / "peft_ext" / "hub"
+    monkeypatch.setenv("PEFT_EXT_CACHE", str(tmp_path / "here"))
+    assert default_root() == tmp_path / "here" / "hub"

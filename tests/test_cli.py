@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import make_model
+from tiny_models import make_model
 
 from peft_ext.cli import main
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig
 from peft_ext.errors import (
@@ -16,7 +16,7 @@ from peft_ext.errors import (
     MissingLabelWordsError,
     NonFiniteValueError,
     TokenizerNotAvailableError,
-    UnknownInitError,
+    UnknownStrategyError,
 )
 
 TEXT = "i want you to act as a coach"  # 8 words, one token each in the tiny tokenizer
@@ -192,9 +192,9 @@ def test_residual_starts_at_its_init(tiny_tokenizer):
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"init": "zeros"}, UnknownInitError),
-        ({"reparameterization": "transformer"}, UnknownInitError),
-        ({"text_length_policy": "stretch"}, UnknownInitError),
+        ({"init": "zeros"}, UnknownStrategyError),
+        ({"reparameterization": "transformer"}, UnknownStrategyError),
+        ({"text_length_policy": "stretch"}, UnknownStrategyError),
         ({"num_anchor_tokens": -1}, InvalidConfigError),
         ({"num_anchor_tokens": 9}, InvalidConfigError),
         ({"num_virtual_tokens": 0}, InvalidConfigError),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peft_ext.data import packaged_prompts, packaged_quotes, read_texts
+from peft_ext.cli.data import packaged_prompts, packaged_quotes, read_texts
 from peft_ext.errors import DatasetError
 
 
@@ -50,7 +50,7 @@ def test_packaged_data():
 
 
 def test_datasets_folder_and_missing_dataset(tmp_path, monkeypatch):
-    from peft_ext.data import load_texts
+    from peft_ext.cli.data import load_texts
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder = tmp_path / "my_dataset"
@@ -62,7 +62,7 @@ def test_datasets_folder_and_missing_dataset(tmp_path, monkeypatch):
 
 
 def test_missing_data_file_is_not_looked_up_as_a_dataset(tmp_path):
-    from peft_ext.data import load_texts
+    from peft_ext.cli.data import load_texts
 
     with pytest.raises(DatasetError, match=r"quotes.jsonl: no such file"):
         load_texts(str(tmp_path / "quotes.jsonl"))

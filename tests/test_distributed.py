@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
 from distributed_worker import train_prompt
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig
 from peft_ext.training import train_soft_prompts

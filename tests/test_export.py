@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig, export_prompt_tuning
 
@@ -81,7 +81,7 @@ def test_stock_prompt_generate_breakage_is_where_we_say(family):
     when ``stock_prompt_generate_is_broken()``."""
     from peft import PromptTuningConfig
 
-    from peft_ext.transformers_compat import stock_prompt_generate_is_broken
+    from peft_ext.integration import stock_prompt_generate_is_broken
 
     model = get_peft_model(make_model(family), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
     with torch.no_grad():

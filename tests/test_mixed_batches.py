@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 from peft import PromptTuningConfig, get_peft_model
+from tiny_models import make_model
 
 import peft_ext
 from peft_ext import BASE_ADAPTER, SoftPromptConfig
+from peft_ext.engine import Prompt, PromptEngine
 
 LENGTHS = {"a": 3, "b": 7, "c": 5}
 
@@ -30,6 +31,12 @@ def _model_with_adapters(family: str, stock: bool = False):
             weight = model.prompt_encoder[name].embedding.weight
             weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(index)) * 0.5)
     return model.eval()
+
+
+def _rows(model, names):
+    """Uncached engine rows holding each named adapter's prompt (one object per distinct name)."""
+    prompts = {name: Prompt(None, lambda name=name: peft_ext.adapter_prompt(model, name)) for name in set(names)}
+    return [None if name in (None, BASE_ADAPTER) else prompts[name] for name in names]
 
 
 def _batch():
@@ -75,10 +82,15 @@ def test_forward_with_adapters_differs_from_base(family):
 def test_generate_rows_equal_alone(family, reuse_kv, stock):
     model = _model_with_adapters(family, stock)
     input_ids, mask = _batch()
-    base = model.get_base_model()
-    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
-    mixed = peft_ext.generate_with_prompts(
-        base, prompts, input_ids, mask, reuse_kv=reuse_kv, max_new_tokens=6, min_new_tokens=6, do_sample=False
+    engine = PromptEngine(model.get_base_model())
+    mixed = engine.generate(
+        _rows(model, ROW_ADAPTERS),
+        input_ids,
+        mask,
+        reuse_kv=reuse_kv,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
     )
     via_peft = model.generate(
         input_ids=input_ids, attention_mask=mask, adapter_names=ROW_ADAPTERS, max_new_tokens=6, min_new_tokens=6
@@ -96,10 +108,11 @@ def test_cached_forward_matches_recomputed(family):
     model = _model_with_adapters(family)
     input_ids, mask = _batch()
     base = model.get_base_model()
-    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
+    rows = _rows(model, ROW_ADAPTERS)
+    engine = PromptEngine(base)
     with torch.no_grad():
-        recomputed = peft_ext.forward_with_prompts(base, prompts, input_ids, mask).logits
-    cached = peft_ext.prompting.cached_forward(base, prompts, input_ids, mask).logits
+        recomputed = engine.forward(rows, input_ids, mask).logits
+    cached = engine.cached_forward(rows, input_ids, mask).logits
     attended = mask.bool()  # outputs at padding positions are meaningless on either path
     torch.testing.assert_close(cached[attended], recomputed[:, -input_ids.shape[1] :][attended], atol=1e-4, rtol=0)
 
@@ -109,8 +122,9 @@ def test_generate_reuses_prompt_kv(family):
     input_ids, mask = _batch()
     for _ in range(3):
         model.generate(input_ids=input_ids, attention_mask=mask, adapter_names=["a", "a", "b"], max_new_tokens=2)
-    stats = model._peft_ext_kv_cache.stats()
-    assert stats.entries == 2 and stats.misses == 2 and stats.hits == 7
+    stats = PromptEngine.of(model.get_base_model()).kv_cache.stats()
+    # One lookup per distinct prompt per call (not per row): 3 calls x 2 prompts, the first two computing.
+    assert stats.entries == 2 and stats.misses == 2 and stats.hits == 4
 
 
 def test_unknown_adapter_name_is_named_error():
@@ -124,19 +138,19 @@ def test_repetition_penalty_sees_the_same_ids_as_alone(family, reuse_kv):
     # Unpadded rows: the stand-in ids of the prompt block must not add ids the penalty would act on.
     model = _model_with_adapters(family)
     input_ids = torch.tensor([[5, 6, 7, 5], [9, 10, 9, 11], [15, 16, 17, 18]])
-    prompts = [peft_ext.adapter_prompt(model, name) for name in ROW_ADAPTERS]
     kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "repetition_penalty": 3.0}
-    mixed = peft_ext.generate_with_prompts(model.get_base_model(), prompts, input_ids, reuse_kv=reuse_kv, **kwargs)
+    engine = PromptEngine(model.get_base_model())
+    mixed = engine.generate(_rows(model, ROW_ADAPTERS), input_ids, reuse_kv=reuse_kv, **kwargs)
     for row, name in enumerate(ROW_ADAPTERS):
         alone = model.generate(input_ids=input_ids[row : row + 1], adapter_names=[name], **kwargs)
         assert torch.equal(mixed[row], alone[0]), (row, name)
 
 
 def test_prompt_stand_in_ids_add_no_new_ids():
-    from peft_ext.prompting import _filler_ids
+    from peft_ext.engine.layout import filler_ids
 
     input_ids = torch.tensor([[0, 0, 7, 8], [9, 10, 11, 12]])
-    filler = _filler_ids(input_ids, (input_ids != 0).long(), 5)
+    filler = filler_ids(input_ids, (input_ids != 0).long(), 5)
     assert filler.shape == (2, 5)
     for row in range(2):
         text = input_ids[row][input_ids[row] != 0]

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig, export_prompt_tuning
 from peft_ext.errors import AdapterLoadError, AdapterNotFoundError, HiddenSizeMismatchError, NonFiniteValueError
@@ -50,7 +50,8 @@ def test_kv_is_computed_once_per_prompt(served):
     for _ in range(4):
         served.generate(ids, ["long", "long", "short"], attention_mask=mask, max_new_tokens=1)
     stats = served.kv_cache_stats()
-    assert (stats.entries, stats.misses, stats.hits) == (2, 2, 10)
+    # One lookup per distinct prompt per call, not per row: 4 calls x 2 prompts, the first two computing.
+    assert (stats.entries, stats.misses, stats.hits) == (2, 2, 6)
     assert 0 < stats.bytes <= stats.max_bytes
 
 
@@ -225,3 +226,19 @@ def test_absolute_position_encoder_decoder_is_refused():
     )
     with pytest.raises(UnsupportedModelError, match="absolute positions"):
         MultiPromptModel(BartForConditionalGeneration(config))
+
+
+def test_the_callers_tokenizer_is_never_changed(tiny_tokenizer, tmp_path):
+    """Batching texts needs a pad id; MultiPromptModel and training take EOS without setting the caller's pad token."""
+    from peft_ext.training import train_soft_prompts
+
+    tiny_tokenizer.pad_token = None
+    assert tiny_tokenizer.pad_token_id is None
+    server = MultiPromptModel(make_model(), tiny_tokenizer)
+    server.add("coach", _prompt(3, 0))
+    texts = ["be kind", "there are two nice things"]
+    batched = server.generate(texts, ["coach", "coach"], **GENERATE)
+    assert batched == [server.generate([text], ["coach"], **GENERATE)[0] for text in texts]  # padding was right
+    model = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, init_seed=0))
+    train_soft_prompts(model, tiny_tokenizer, texts, tmp_path, max_steps=1, batch_size=2, show_progress=False)
+    assert tiny_tokenizer.pad_token is None and tiny_tokenizer.padding_side == "left"

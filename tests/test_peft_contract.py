@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 from peft import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from tiny_models import make_model
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 import peft_ext

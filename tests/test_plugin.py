@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_model
 from peft import PeftConfig, PeftModel, PeftType, PromptTuningConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
+from tiny_models import make_model
 
 import peft_ext
 from peft_ext import SoftPromptConfig
@@ -149,12 +149,12 @@ def test_stock_prompt_tuning_unchanged_by_registration():
 
 
 def test_untested_peft_version_is_refused_with_the_fix(monkeypatch):
-    from peft_ext import _peft_integration
+    from peft_ext import integration
     from peft_ext.errors import UnsupportedPeftVersionError
 
-    monkeypatch.setattr(_peft_integration, "_registered", False)
-    monkeypatch.setattr(_peft_integration.peft, "__version__", "0.30.0")
+    monkeypatch.setattr(integration, "_installed", None)
+    monkeypatch.setattr(integration.peft, "__version__", "0.30.0")
     with pytest.raises(
         UnsupportedPeftVersionError, match=r"peft 0.30.0 is installed.*pip install \"peft<0.22,>=0.21.0\""
     ):
-        _peft_integration.register()
+        peft_ext.register()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig
 

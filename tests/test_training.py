@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from conftest import make_model
 from peft import get_peft_model
+from tiny_models import make_model
 
 from peft_ext import SoftPromptConfig
 from peft_ext.training import train_soft_prompts

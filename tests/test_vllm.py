@@ -10,8 +10,8 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
 from peft import PeftModel, get_peft_model
+from tiny_models import make_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peft_ext import SoftPromptConfig, adapter_prompt, export_prompt_tuning
@@ -19,6 +19,7 @@ from peft_ext.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
     HiddenSizeMismatchError,
+    InvalidPromptTensorError,
     InvalidRequestError,
     NonFiniteValueError,
     PeftExtError,
@@ -116,7 +117,8 @@ def test_bad_inputs_raise_named_errors(tiny_tokenizer, tmp_path):
     ids = _ids(tiny_tokenizer)
     cases = [
         (HiddenSizeMismatchError, "16 wide", (model, torch.zeros(4, 16), ids), {}),
-        (HiddenSizeMismatchError, "shape", (model, torch.zeros(32), ids), {}),
+        (InvalidPromptTensorError, "shape", (model, torch.zeros(32), ids), {}),
+        (InvalidPromptTensorError, "dtype", (model, torch.zeros(4, 32, dtype=torch.long), ids), {}),
         (NonFiniteValueError, "NaN", (model, torch.full((4, 32), float("nan")), ids), {}),
         (InvalidRequestError, r"\[0, 64\)", (model, model, [5, 64]), {}),
         (InvalidRequestError, r"\[0, 64\)", (model, model, [-1]), {}),

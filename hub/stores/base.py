@@ -13,6 +13,8 @@ from ..manifest import Manifest
 from ..names import check_repo
 from ..versions import SemVer
 
+DEFAULT_TIMEOUT_S = 30.0  # seconds a remote store's request may go without progress
+
 MakeManifest = Callable[[SemVer, "SemVer | None"], Manifest]
 
 

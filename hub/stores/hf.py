@@ -62,11 +62,20 @@ from ..manifest import MANIFEST_FILE, Manifest
 from ..names import check_repo, check_task
 from ..versions import SemVer, next_version
 from . import hf_client
-from .base import MakeManifest, PublishResult, Store, VersionEntry, card_row, check_same_files, hub_base_ids, parent_of
+from .base import (
+    DEFAULT_TIMEOUT_S,
+    MakeManifest,
+    PublishResult,
+    Store,
+    VersionEntry,
+    card_row,
+    check_same_files,
+    hub_base_ids,
+    parent_of,
+)
 from .hf_errors import REMOTE_ERRORS, is_transient, scrub, status_of, translate
 
 INDEX_FILE = "peft_ext_index.json"
-DEFAULT_TIMEOUT_S = 30.0
 MAX_RETRY_WAIT_S = 30.0
 _VERSION_TAG = re.compile(r"([a-z0-9][a-z0-9_-]*)/v([0-9]+\.[0-9]+\.[0-9]+)")
 _YANK_TAG = re.compile(r"([a-z0-9][a-z0-9_-]*)/yanked/v([0-9]+\.[0-9]+\.[0-9]+)")

@@ -25,6 +25,8 @@ from typing import Any, TypeVar, cast
 
 from filelock import FileLock, Timeout
 
+from peft_ext.local_files import atomic_write, cache_root, write_synced
+
 from ..card import render_card
 from ..errors import (
     ConcurrentUpdateError,
@@ -64,12 +66,11 @@ def _os_errors(method: F) -> F:
 
 
 def default_root() -> Path:
-    """``$PEFT_EXT_HUB_ROOT``, else ``$PEFT_EXT_CACHE/hub``, else ``~/.cache/peft_ext/hub``."""
+    """``$PEFT_EXT_HUB_ROOT``, else ``hub`` in peft_ext's cache (``$PEFT_EXT_CACHE``, ``$XDG_CACHE_HOME/peft_ext``,
+    ``~/.cache/peft_ext``)."""
     if os.environ.get("PEFT_EXT_HUB_ROOT"):
         return Path(os.environ["PEFT_EXT_HUB_ROOT"]).expanduser()
-    if os.environ.get("PEFT_EXT_CACHE"):
-        return Path(os.environ["PEFT_EXT_CACHE"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "peft_ext" / "hub"
+    return cache_root() / "hub"
 
 
 class LocalStore(Store):
@@ -135,7 +136,7 @@ class LocalStore(Store):
             stage = repo_dir / ".staging" / uuid.uuid4().hex
             stage.mkdir(parents=True)
             for name, data in {**files, MANIFEST_FILE: manifest_bytes}.items():
-                _write_synced(stage / name, data)
+                write_synced(stage / name, data)
             final.parent.mkdir(exist_ok=True)
             os.rename(stage, final)  # the commit point: the version appears whole or not at all
             self._write_card(repo)
@@ -157,7 +158,7 @@ class LocalStore(Store):
             if yanked:
                 marker.parent.mkdir(exist_ok=True)
                 stamp = datetime.now(UTC).isoformat(timespec="seconds")
-                _atomic_write(marker, json.dumps({"reason": reason, "yanked_at": stamp}).encode())
+                atomic_write(marker, json.dumps({"reason": reason, "yanked_at": stamp}).encode())
             else:
                 marker.unlink(missing_ok=True)
             self._write_card(repo)
@@ -195,7 +196,7 @@ class LocalStore(Store):
                 manifests.append(manifest)
                 rows.append(card_row(manifest, entry.yanked))
         text = render_card(repo, rows, hub_base_ids(manifests))
-        _atomic_write(self._repo_dir(repo) / "README.md", text.encode())
+        atomic_write(self._repo_dir(repo) / "README.md", text.encode())
 
 
 def _is_task(name: str) -> bool:
@@ -229,16 +230,3 @@ def _remove_stale_staging(repo_dir: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
     for tmp in repo_dir.glob(".README.md.*.tmp"):
         tmp.unlink(missing_ok=True)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    _write_synced(tmp, data)
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO, make_adapter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

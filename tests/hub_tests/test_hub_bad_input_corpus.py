@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hub_fixtures import hermetic_hf  # noqa: F401  (autouse: the caller's HF_* environment stays out)
 from hub_testutils import REPO, TOKEN, make_adapter
 from safetensors.numpy import save_file
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO
 
 import hub

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from fake_hub_server import FakeHub
-from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO, TOKEN
 
 from hub.cli import main, register

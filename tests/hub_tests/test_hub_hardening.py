@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 from fake_hub_server import FakeHub, Fault
 from fault_proxy import FaultProxy, ProxyFault
-from hub_fixtures import *  # noqa: F403  (the fixtures, edit_stored)
-from hub_fixtures import edit_stored
-from hub_testutils import REPO, TOKEN
+from hub_testutils import REPO, TOKEN, edit_stored
 from huggingface_hub import constants as hf_constants
 from safetensors.numpy import load_file
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from fake_hub_server import FakeHub, Fault
-from hub_fixtures import *  # noqa: F403  (the fixtures: adapter, store, local_store, hf_store, fake_hub, tiny_llama)
 from hub_testutils import REPO, TOKEN
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub import constants as hf_constants

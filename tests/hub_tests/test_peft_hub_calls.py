@@ -69,7 +69,9 @@ def worker(out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     sys.path.insert(0, str(TESTS))
-    from conftest import make_model  # tests/conftest.py; it imports peft_ext, which registers SOFT_PROMPT
+    from tiny_models import make_model  # tests/tiny_models.py
+
+    import peft_ext  # noqa: F401  (registers SOFT_PROMPT with PEFT)
 
     assert os.environ["HF_ENDPOINT"].startswith("http://127.0.0.1:")
 

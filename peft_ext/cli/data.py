@@ -16,7 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 TEXT_COLUMNS = ("text", "prompt", "quote", "content", "sentence")
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")

@@ -1,15 +1,18 @@
-"""The only module that touches PEFT internals. Everything here is version-guarded and idempotent.
+"""The only module that touches PEFT, transformers or huggingface_hub internals. Each contact is named here and
+version-guarded; everything else in peft_ext uses public APIs, or asks this module.
 
-PEFT has no plugin mechanism for prompt methods, so registering one takes five steps:
+PEFT has no plugin mechanism for prompt methods, so installing one takes these steps (``install``):
 
-1. add ``SOFT_PROMPT`` to the fixed ``PeftType`` enum (``register_peft_method`` refuses unknown names);
+1. add the method's member to the fixed ``PeftType`` enum (``register_peft_method`` refuses unknown names);
 2. ``register_peft_method`` fills PEFT's config/tuner/prefix mappings, so configs load by ``peft_type``;
-3. wrap ``PeftModel._setup_prompt_encoder`` (a closed if/elif over built-in types) to build our prompt module, and
+3. bind PEFT's state-dict hooks of prompt encoders (``_get_adapter_state_dict``/``_load_adapter_state_dict``) to
+   the encoder's public ``tensors_to_save``/``load_tensors``;
+4. wrap ``PeftModel._setup_prompt_encoder`` (a closed if/elif over built-in types) to build our prompt module, and
    ``_check_new_adapter_config`` and ``from_pretrained`` so our adapters can load trainable (PEFT refuses that for
    prompts because it loses p-tuning encoders; ours are saved, so training resumes);
-4. wrap ``PeftModel.push_to_hub`` (transformers' implementation) so a soft prompt keeps PEFT's model card;
-5. wrap ``PeftModelForCausalLM.forward``/``generate`` for our adapters and for per-row ``adapter_names`` on any
-   input-prompt adapter, routing both through ``peft_ext.prompting`` with correct positions and prompt KV reuse.
+5. wrap ``PeftModel.push_to_hub`` (transformers' implementation) so a soft prompt keeps PEFT's model card;
+6. wrap ``PeftModelForCausalLM.forward``/``generate`` to hand our adapters, per-row ``adapter_names`` on any
+   input-prompt adapter, and (opt-in) stock prompt tuning's generate to the caller's row functions.
 
 Each wrapper hands every other case to PEFT's original method unchanged.
 """
@@ -17,41 +20,45 @@ Each wrapper hands every other case to PEFT's original method unchanged.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import peft
 import torch
+import transformers
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from peft import PeftModel, PeftModelForCausalLM, PeftType, TaskType
+from peft import PeftModel, PeftModelForCausalLM, PeftType
 
-from .config import SOFT_PROMPT, SoftPromptConfig
-from .errors import (
-    AdapterNotFoundError,
-    HiddenSizeMismatchError,
-    InvalidRequestError,
-    UnsupportedModelError,
-    UnsupportedPeftVersionError,
-)
-from .kv_cache import PromptKVCache
-from .prompt_module import SoftPromptEncoder
-from .prompting import forward_with_prompts, generate_with_prompts
-from .sources import INPUT_PROMPT_TYPE_NAMES
+from .errors import AdapterNotFoundError, UnsupportedModelError, UnsupportedPeftVersionError
 
 TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
-BASE_ADAPTER = "__base__"  # adapter name meaning "no prompt" for a row; None works too
-INPUT_PROMPT_TYPES: set[Any] = set()  # filled at registration from sources.INPUT_PROMPT_TYPE_NAMES
-
-_EXACT_GENERATE = "_peft_ext_exact_generate"  # set on a PeftModel by use_exact_generate
-
-_registered = False
+BASE_ADAPTER = "__base__"  # the adapter name meaning "no prompt" for a row; None works too
+# PEFT types whose prompt enters as input embeddings: per-row adapters and peft_ext's readers work for these.
+INPUT_PROMPT_TYPE_NAMES = ("SOFT_PROMPT", "PROMPT_TUNING", "P_TUNING")
+_EXACT_GENERATE = "_peft_ext_exact_generate"  # set on a PeftModel by route_stock_generate
 
 
-def register() -> None:
-    """Register ``SOFT_PROMPT`` with PEFT. Safe to call any number of times."""
-    global _registered
-    if _registered:
+@dataclass(frozen=True)
+class PromptMethod:
+    """What ``install`` needs from the method: its PEFT type name, classes, and the per-row forward/generate."""
+
+    name: str
+    config_class: type
+    encoder_class: type
+    forward: Callable[..., Any]  # (peft_model, adapter_names, input_ids, attention_mask, inputs_embeds, labels, **kw)
+    generate: Callable[..., Any]  # (peft_model, adapter_names, input_ids, attention_mask, **generate_kwargs)
+
+
+_installed: PromptMethod | None = None
+
+
+def install(method: PromptMethod) -> None:
+    """Register ``method`` with PEFT. Safe to call any number of times."""
+    global _installed
+    if _installed is not None:
         return
     installed = Version(peft.__version__)
     if installed not in TESTED_PEFT_VERSIONS:
@@ -59,21 +66,21 @@ def register() -> None:
             f"peft_ext hooks PEFT internals and is tested with peft{TESTED_PEFT_VERSIONS}, but peft {installed} is "
             f'installed. Install a tested version: pip install "peft{TESTED_PEFT_VERSIONS}".'
         )
-    _add_peft_type(SOFT_PROMPT)
+    _add_peft_type(method.name)
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    if SOFT_PROMPT not in PEFT_TYPE_TO_CONFIG_MAPPING:
+    if method.name not in PEFT_TYPE_TO_CONFIG_MAPPING:
         peft.utils.register_peft_method(
-            name=SOFT_PROMPT.lower(), config_cls=SoftPromptConfig, model_cls=SoftPromptEncoder
+            name=method.name.lower(), config_cls=method.config_class, model_cls=method.encoder_class
         )
-    INPUT_PROMPT_TYPES.update(PeftType(name) for name in INPUT_PROMPT_TYPE_NAMES)
+    _bind_state_dict_hooks(method.encoder_class)
+    _installed = method
     _wrap(PeftModel, "_setup_prompt_encoder", _setup_prompt_encoder)
     _wrap(PeftModel, "_check_new_adapter_config", _check_new_adapter_config)
     _wrap_from_pretrained()
     _wrap(PeftModel, "push_to_hub", _push_to_hub)
     _wrap(PeftModelForCausalLM, "forward", _forward)
     _wrap(PeftModelForCausalLM, "generate", _generate)
-    _registered = True
 
 
 def _add_peft_type(name: str) -> None:
@@ -90,6 +97,16 @@ def _add_peft_type(name: str) -> None:
     PeftType._member_names_.append(name)
 
 
+def _bind_state_dict_hooks(encoder_class: Any) -> None:
+    """PEFT (>= 0.21) saves and loads a prompt encoder's tensors through two private hooks of ``BasePromptEncoder``."""
+
+    def get_adapter_state_dict(cls: Any, model: Any, config: Any, adapter_name: str, *_: Any, **__: Any) -> dict:
+        return model.prompt_encoder[adapter_name].tensors_to_save()
+
+    encoder_class._get_adapter_state_dict = classmethod(get_adapter_state_dict)
+    encoder_class._load_adapter_state_dict = encoder_class.load_tensors
+
+
 def _wrap(cls: type, name: str, replacement: Any) -> None:
     original = getattr(cls, name)
     if getattr(original, "__peft_ext_original__", None) is not None:
@@ -103,8 +120,12 @@ def _wrap(cls: type, name: str, replacement: Any) -> None:
     setattr(cls, name, wrapper)
 
 
-def is_soft_prompt(config: Any) -> bool:
-    return isinstance(config, SoftPromptConfig)
+def _ours(config: Any) -> bool:
+    return _installed is not None and isinstance(config, _installed.config_class)
+
+
+def is_input_prompt(config: Any) -> bool:
+    return getattr(config.peft_type, "value", config.peft_type) in INPUT_PROMPT_TYPE_NAMES
 
 
 # --- building the prompt module -------------------------------------------------------------------------------------
@@ -112,37 +133,27 @@ def is_soft_prompt(config: Any) -> bool:
 
 def _setup_prompt_encoder(original: Any, self: Any, adapter_name: str) -> None:
     config: Any = self.peft_config[adapter_name]
-    if not is_soft_prompt(config):
+    if not _ours(config):
         return original(self, adapter_name)
-    config.check_ready()
+    assert _installed is not None
     base = self.base_model
-    if config.task_type != TaskType.CAUSAL_LM or getattr(base.config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"SoftPromptConfig supports task_type='CAUSAL_LM' on decoder-only models; got task_type="
-            f"{config.task_type!r} on {type(base).__name__}."
-        )
+    config.check_model(base)
     if not hasattr(self, "prompt_encoder"):
         self.prompt_encoder = torch.nn.ModuleDict({})
         self.prompt_tokens = {}
     for parameter in base.parameters():
         parameter.requires_grad = False
     self.word_embeddings = base.get_input_embeddings()
-    hidden = self.word_embeddings.weight.shape[1]
-    if config.token_dim != hidden:
-        raise HiddenSizeMismatchError(
-            f"The adapter is {config.token_dim} wide but {type(base).__name__}'s hidden size is {hidden}: "
-            "it was made for a different base model."
-        )
     config.num_transformer_submodules = 1
     initialize = not getattr(config, "_weights_follow", False)
-    encoder = SoftPromptEncoder(config, self.word_embeddings, initialize=initialize).to(self.device)
+    encoder = _installed.encoder_class(config, self.word_embeddings, initialize=initialize).to(self.device)
     self.prompt_encoder.update(torch.nn.ModuleDict({adapter_name: encoder}))
     self.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens).long()
 
 
 def _check_new_adapter_config(original: Any, self: PeftModel, peft_config: Any, is_trainable: bool) -> None:
     # PEFT refuses trainable prompt adapters because it loses p-tuning encoders; ours are saved, so allow it.
-    if is_soft_prompt(peft_config) and is_trainable:
+    if _ours(peft_config) and is_trainable:
         peft_config._weights_follow = True  # saved weights are loaded right after: skip the init
         return original(self, peft_config, is_trainable=False)
     return original(self, peft_config, is_trainable)
@@ -166,7 +177,7 @@ def _wrap_from_pretrained() -> None:
             return original(cls, model, model_id, adapter_name, False, **kwargs)
         peft_model = original(cls, model, model_id, adapter_name, False, **kwargs)
         config = peft_model.peft_config[adapter_name]
-        if not is_soft_prompt(config):
+        if not _ours(config):
             return original(cls, model, model_id, adapter_name, True, **kwargs)  # PEFT's own answer
         config.inference_mode = False
         config._weights_follow = True
@@ -188,7 +199,7 @@ def _push_to_hub(original: Any, self: Any, repo_id: str, *args: Any, **kwargs: A
     ``library_name: transformers`` template when the repo has none. For our adapters the card PEFT wrote is
     uploaded instead; an existing card on the Hub is left as it is, as transformers does.
     """
-    if args or not any(is_soft_prompt(config) for config in self.peft_config.values()):
+    if args or not any(_ours(config) for config in self.peft_config.values()):
         return original(self, repo_id, *args, **kwargs)
     import tempfile
 
@@ -213,96 +224,66 @@ def _push_to_hub(original: Any, self: Any, repo_id: str, *args: Any, **kwargs: A
         )
 
 
-# --- per-row prompts --------------------------------------------------------------------------------------------------
+# --- a PeftModel's adapters as prompts ------------------------------------------------------------------------------
+
+
+def check_adapter(model: Any, name: str) -> None:
+    """Raise a named error unless ``name`` is an input-prompt adapter of the PeftModel ``model``."""
+    if name not in model.peft_config:
+        raise AdapterNotFoundError(f"No adapter named {name!r}; loaded: {sorted(model.peft_config)}.")
+    config = model.peft_config[name]
+    if not is_input_prompt(config):
+        raise UnsupportedModelError(
+            f"Adapter {name!r} is {config.peft_type}; per-row adapters work for prompts that enter as input "
+            f"embeddings ({', '.join(INPUT_PROMPT_TYPE_NAMES)})."
+        )
 
 
 def adapter_prompt(model: Any, name: str | None) -> torch.Tensor | None:
-    """The prompt ``[n, hidden]`` of one adapter of ``model`` (None for the bare base model)."""
+    """The prompt ``[n, hidden]`` of one input-prompt adapter of a ``PeftModel`` (differentiable while training);
+    None for the bare base model (``None`` or ``BASE_ADAPTER``)."""
     if name is None or name == BASE_ADAPTER:
         return None
-    if name not in model.peft_config:
-        raise AdapterNotFoundError(
-            f"No adapter named {name!r}; loaded: {sorted(model.peft_config)} (use None or {BASE_ADAPTER!r} for none)."
-        )
+    check_adapter(model, name)
     config = model.peft_config[name]
-    if config.peft_type not in INPUT_PROMPT_TYPES:
-        raise UnsupportedModelError(
-            f"Adapter {name!r} is {config.peft_type}; per-row adapters work for prompts that enter as input "
-            "embeddings (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."
-        )
     encoder: Any = model.prompt_encoder[name]
-    if isinstance(encoder, SoftPromptEncoder):
+    if _ours(config):
         return encoder.prompt()
     if config.inference_mode:
         return encoder.embedding.weight
     return encoder(model.prompt_tokens[name][None].to(encoder.embedding.weight.device))[0]
 
 
-def _row_adapters(model: PeftModel, adapter_names: Sequence[str | None] | None, batch: int) -> list[str | None]:
-    if adapter_names is None:
-        return [model.active_adapter] * batch
-    if isinstance(adapter_names, str) or len(adapter_names) != batch:
-        raise InvalidRequestError(f"adapter_names needs one name per row ({batch} rows), got {adapter_names!r}.")
-    return list(adapter_names)
-
-
-def _kv_key(model: PeftModel, name: str | None) -> Any:
-    """A cache key that changes whenever the adapter's prompt can have changed; None means don't cache.
-
-    Every in-place update of a tensor (optimizer steps, ``load_state_dict``) bumps its ``_version``, so keying on the
-    identity and version of the prompt module's tensors invalidates the entry when training or reloading changes it.
-    In training mode (dropout in an encoder) the prompt is not deterministic and is never cached.
-    """
-    if name is None or name == BASE_ADAPTER or model.training:
-        return None
+def adapter_tensors(model: Any, name: str) -> list[torch.Tensor]:
+    """The tensors an adapter's prompt is computed from: a change to any of them changes the prompt."""
     encoder = model.prompt_encoder[name]
-    tensors = [*encoder.parameters(), *encoder.buffers()]
-    return (name, tuple((id(t), t._version) for t in tensors))
+    return [*encoder.parameters(), *encoder.buffers()]
 
 
-def _kv_cache(model: PeftModel) -> PromptKVCache:
-    cache = model.__dict__.get("_peft_ext_kv_cache")
-    if cache is None:
-        cache = PromptKVCache()
-        model.__dict__["_peft_ext_kv_cache"] = cache
-    return cache
+def active_adapter(model: Any) -> str:
+    return model.active_adapter
 
 
 def _takes_over(model: PeftModel, adapter_names: Any, generating: bool = False) -> bool:
     if not model._is_prompt_learning:
         return False
     routed = generating and model.__dict__.get(_EXACT_GENERATE, False)
-    return adapter_names is not None or routed or is_soft_prompt(model.active_peft_config)
+    return adapter_names is not None or routed or _ours(model.active_peft_config)
 
 
-def use_exact_generate(model: PeftModel, enabled: bool = True) -> PeftModel:
-    """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING`` adapters through peft_ext's path.
-
-    Stock PEFT 0.21 prompt-tuning ``generate`` is wrong with transformers >= 5.24 (it feeds the virtual tokens again
-    at every decoding step: wrong tokens on RoPE models, index errors on GPT-2/OPT); its ``forward`` is right. With
-    this opt-in, ``generate`` prepends the active adapter's prompt once, as SOFT_PROMPT adapters always do, and gives
-    the tokens that greedy decoding with PEFT's own ``forward`` gives. ``forward`` is left to PEFT. Returns ``model``.
-    """
+def route_stock_generate(model: Any, enabled: bool) -> None:
+    """Mark a PeftModel so that its stock input-prompt adapters generate through the installed method's path."""
     if not isinstance(model, PeftModelForCausalLM):
         raise UnsupportedModelError(
             f"use_exact_generate takes a PeftModelForCausalLM (task_type='CAUSAL_LM'), got {type(model).__name__}."
         )
     for name, config in model.peft_config.items():
-        if config.peft_type not in INPUT_PROMPT_TYPES:
+        if not is_input_prompt(config):
             raise UnsupportedModelError(
                 f"Adapter {name!r} is {config.peft_type}; use_exact_generate works for prompts that enter as input "
-                "embeddings (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."
+                f"embeddings ({', '.join(INPUT_PROMPT_TYPE_NAMES)})."
             )
     model.__dict__[_EXACT_GENERATE] = enabled
-    return model
-
-
-def _row_prompts(model: PeftModel, names: Sequence[str | None]) -> tuple[list[Any], list[Any]]:
-    """Each row's prompt and KV-cache key, every distinct adapter's prompt computed once for the whole batch."""
-    distinct = dict.fromkeys(names)
-    prompts = {name: adapter_prompt(model, name) for name in distinct}
-    keys = {name: _kv_key(model, name) for name in distinct}
-    return [prompts[name] for name in names], [keys[name] for name in names]
 
 
 def _forward(
@@ -320,11 +301,8 @@ def _forward(
             kwargs["adapter_names"] = adapter_names
         return original(self, input_ids, attention_mask, inputs_embeds, labels, **kwargs)
     kwargs.pop("task_ids", None)
-    batch = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]  # type: ignore[union-attr]
-    prompts, _ = _row_prompts(self, _row_adapters(self, adapter_names, batch))
-    return forward_with_prompts(
-        self.get_base_model(), prompts, input_ids, attention_mask, inputs_embeds, labels, **kwargs
-    )
+    assert _installed is not None
+    return _installed.forward(self, adapter_names, input_ids, attention_mask, inputs_embeds, labels, **kwargs)
 
 
 def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
@@ -338,10 +316,55 @@ def _generate(original: Any, self: PeftModel, *args: Any, **kwargs: Any) -> Any:
             kwargs["adapter_names"] = adapter_names
         return original(self, *args, **kwargs)
     input_ids = kwargs.pop("input_ids", args[0] if args else None)
-    if input_ids is None:
-        raise InvalidRequestError("generate with soft prompts needs input_ids.")
     attention_mask = kwargs.pop("attention_mask", None)
-    prompts, keys = _row_prompts(self, _row_adapters(self, adapter_names, input_ids.shape[0]))
-    return generate_with_prompts(
-        self.get_base_model(), prompts, input_ids, attention_mask, keys=keys, kv_cache=_kv_cache(self), **kwargs
-    )
+    assert _installed is not None
+    return _installed.generate(self, adapter_names, input_ids, attention_mask, **kwargs)
+
+
+# --- transformers -----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cache_argument(forward: Any) -> str:
+    parameters = inspect.signature(forward).parameters  # follows the deprecation wrapper's __wrapped__
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword for a key/value cache in ``model(...)`` and ``model.generate(...)``.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name leaves ``forward`` in 5.40 and
+    ``generate`` in 6.0). Read from the model's ``forward``: ``generate`` takes it through ``**kwargs``.
+    """
+    return _cache_argument(type(model).forward)
+
+
+def output_cache(output: Any) -> Any:
+    """The key/value cache a model output returned, under whichever name the installed transformers uses."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+# Stock PEFT 0.21 prompt-tuning ``generate`` feeds the virtual tokens again at every decoding step from this
+# transformers release on (checked: 5.0.0, 5.12.1, 5.18.0, 5.21.1 and 5.23.0 are right, 5.24.0 is wrong).
+STOCK_PROMPT_GENERATE_BROKEN_SINCE = "5.24.0"
+
+
+def stock_prompt_generate_is_broken() -> bool:
+    """Whether the installed transformers breaks stock PEFT prompt-tuning/p-tuning ``generate``."""
+    return Version(transformers.__version__) >= Version(STOCK_PROMPT_GENERATE_BROKEN_SINCE)
+
+
+def score_every_label(trainer: Any) -> None:
+    """Make ``Trainer`` count every label as a target, the first one of a row included.
+
+    A soft prompt precedes every text token, so each is predicted; Trainer's token count (the loss's divisor, summed
+    over ranks under DDP) would drop each row's first label as for a plain causal LM, and the loss would then depend
+    on padding, batch split and world size. Trainer keeps this choice in a private attribute (transformers 5.x).
+    """
+    if not hasattr(trainer, "_loss_shifts_labels"):
+        raise UnsupportedModelError(
+            f"transformers {transformers.__version__}'s Trainer has no _loss_shifts_labels; peft_ext's training needs "
+            'a tested transformers (see pyproject.toml): pip install "transformers>=5.18,<6".'
+        )
+    trainer._loss_shifts_labels = False

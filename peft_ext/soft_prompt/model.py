@@ -11,17 +11,15 @@ older release, or exported) loads for inference as its final prompt, with the en
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from peft.tuners.tuners_utils import BasePromptEncoder
 from torch import nn
 
+from ..adapter_io import PROMPT_KEY, check_prompt_tensor
+from ..errors import AdapterLoadError, HiddenSizeMismatchError
 from .config import SoftPromptConfig
-from .encoders import ENCODERS
-from .errors import AdapterLoadError, HiddenSizeMismatchError
-from .init import INITIALIZERS
-from .sources import check_prompt_tensor
+from .encoders import ENCODERS, Reparameterization
+from .strategies import INIT_STRATEGIES, Init
 
 TRAINING_STATE_PREFIX = "soft_prompt_training."
 
@@ -36,7 +34,7 @@ class SoftPromptEncoder(BasePromptEncoder):
         self.num_anchor_tokens = config.num_anchor_tokens
         self.inference_mode = bool(config.inference_mode)
         self.embedding = nn.Embedding(num_tokens, hidden)
-        self.encoder: nn.Module | None = ENCODERS[config.reparameterization](hidden, config)
+        self.encoder: nn.Module | None = ENCODERS[Reparameterization(config.reparameterization)](hidden, config)
         if self.num_anchor_tokens:
             self.register_buffer("anchor_values", torch.zeros(self.num_anchor_tokens, hidden))
         # The direct prompt's anchor rows of ``embedding`` are never read (the anchors replace them); keep them equal
@@ -44,8 +42,8 @@ class SoftPromptEncoder(BasePromptEncoder):
         self.register_state_dict_pre_hook(lambda module, *_: module._pin_unused_anchor_rows())
         if config.inference_mode or not initialize:
             return  # the saved weights are loaded next
-        values = INITIALIZERS[config.init](config, word_embeddings, num_tokens)
-        check_prompt_tensor(values, hidden, f"The {config.init!r} init")
+        values = INIT_STRATEGIES[Init(config.init)].values(config, word_embeddings, num_tokens)
+        check_prompt_tensor(values, hidden, f"The {Init(config.init).value!r} init")
         with torch.no_grad():
             self.embedding.weight.copy_(values)
             if self.num_anchor_tokens:
@@ -73,17 +71,11 @@ class SoftPromptEncoder(BasePromptEncoder):
         # PEFT's calling convention: virtual-token indices [batch, n] -> embeddings [batch, n, hidden].
         return self.prompt()[indices]
 
-    # --- PEFT's state-dict hooks -----------------------------------------------------------------------------------
-
-    @classmethod
-    def _get_adapter_state_dict(
-        cls, model: Any, config: Any, adapter_name: str, state_dict: Any, unwanted_adapter_names: Any
-    ) -> dict[str, torch.Tensor]:
-        return model.prompt_encoder[adapter_name].tensors_to_save()
+    # --- what PEFT saves and loads (bound to PEFT's state-dict hooks by ``peft_ext.integration``) ---------------
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            tensors = {"prompt_embeddings": self.prompt().detach().cpu().contiguous()}
+            tensors = {PROMPT_KEY: self.prompt().detach().cpu().contiguous()}
             if not self._trains_vectors_directly:
                 assert self.encoder is not None
                 tensors[TRAINING_STATE_PREFIX + "input_embeddings"] = self.embedding.weight.detach().cpu().clone()
@@ -91,10 +83,11 @@ class SoftPromptEncoder(BasePromptEncoder):
                     tensors[f"{TRAINING_STATE_PREFIX}encoder.{name}"] = value.detach().cpu().clone()
         return tensors
 
-    def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        if "prompt_embeddings" not in state_dict:
-            raise AdapterLoadError("The adapter weights hold no 'prompt_embeddings' tensor: not a soft prompt.")
-        prompt = state_dict["prompt_embeddings"]
+    def load_tensors(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load what ``tensors_to_save`` wrote (or a stock prompt adapter's ``prompt_embeddings``)."""
+        if PROMPT_KEY not in state_dict:
+            raise AdapterLoadError(f"The adapter weights hold no {PROMPT_KEY!r} tensor: not a soft prompt.")
+        prompt = state_dict[PROMPT_KEY]
         if tuple(prompt.shape) != tuple(self.embedding.weight.shape):
             raise HiddenSizeMismatchError(
                 f"Saved prompt has shape {tuple(prompt.shape)} but the config expects "

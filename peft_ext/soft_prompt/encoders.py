@@ -1,10 +1,12 @@
 """Reparameterization encoders: how trained vectors ``[n, hidden]`` become the prompt ``[n, hidden]``.
 
-One small module per ``SoftPromptConfig.reparameterization``; each is built as ``cls(hidden_size, config)``.
+One small module per ``SoftPromptConfig.reparameterization``; each is built as ``cls(hidden_size, config)``. An
+encoder without parameters (``direct``) trains the vectors themselves.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +14,15 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .config import SoftPromptConfig
+
+
+class Reparameterization(StrEnum):
+    """How the trained vectors become the prompt (``SoftPromptConfig.reparameterization``)."""
+
+    DIRECT = "direct"
+    MLP = "mlp"
+    LSTM = "lstm"
+    RESIDUAL = "residual"
 
 
 class DirectEncoder(nn.Identity):
@@ -80,9 +91,9 @@ class ResidualEncoder(nn.Module):
         return vectors + self.up(self.dropout(torch.relu(self.down(vectors))))
 
 
-ENCODERS: dict[str, type[nn.Module]] = {
-    "direct": DirectEncoder,
-    "mlp": MLPEncoder,
-    "lstm": LSTMEncoder,
-    "residual": ResidualEncoder,
+ENCODERS: dict[Reparameterization, type[nn.Module]] = {
+    Reparameterization.DIRECT: DirectEncoder,
+    Reparameterization.MLP: MLPEncoder,
+    Reparameterization.LSTM: LSTMEncoder,
+    Reparameterization.RESIDUAL: ResidualEncoder,
 }

@@ -1,23 +1,33 @@
-"""``SoftPromptConfig``: one dataclass, every strategy a field with its help text.
+"""``SoftPromptConfig``: one dataclass, every strategy a field with its help text and a ``str`` Enum of its names.
 
-Text and label inits are tokenised here, when the config is built, so that the saved ``adapter_config.json`` records
-the exact token ids: the init can be reproduced later without the tokenizer, and the prompt module never loads one.
+Text and label inits are tokenised here, when the config is built with a tokenizer, so that the saved
+``adapter_config.json`` records the exact token ids: the init can be reproduced later without the tokenizer, and the
+prompt module never loads one. What an init still lacks is reported when a model is built (``check_model``): PEFT
+builds every config class with no arguments and fills fields in later.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-from peft import PeftType, PromptLearningConfig
+from peft import PeftType, PromptLearningConfig, TaskType
 
-from . import init as init_strategies
-from .encoders import ENCODERS
-from .errors import InvalidConfigError, TokenizerNotAvailableError, UnknownInitError
-from .sources import read_saved_prompt
+from ..errors import HiddenSizeMismatchError, InvalidConfigError, UnknownStrategyError, UnsupportedModelError
+from .encoders import Reparameterization
+from .strategies import INIT_STRATEGIES, Init, LengthPolicy, load_local_tokenizer
 
 SOFT_PROMPT = "SOFT_PROMPT"
+
+
+def _member(enum: type[Enum], value: Any, field_name: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
+        raise UnknownStrategyError(f"Unknown {field_name} {value!r}; choose one of {choices}.") from None
 
 
 @dataclass
@@ -31,8 +41,8 @@ class SoftPromptConfig(PromptLearningConfig):
         model = peft.get_peft_model(base_model, config)
     """
 
-    init: str = field(
-        default="random",
+    init: Init | str = field(
+        default=Init.RANDOM,
         metadata={
             "help": "How the virtual tokens start: 'random' (normal noise), 'vocab' (embeddings of tokens sampled from "
             "the vocabulary), 'text' (embeddings of `init_text`), 'labels' (one token per class label word, averaged "
@@ -41,7 +51,7 @@ class SoftPromptConfig(PromptLearningConfig):
         },
     )
     init_text: str | None = field(default=None, metadata={"help": "Text whose token embeddings start the prompt."})
-    text_length_policy: str | None = field(
+    text_length_policy: LengthPolicy | str | None = field(
         default=None,
         metadata={
             "help": "What to do when the text's token count differs from `num_virtual_tokens`: 'repeat' (cycle the "
@@ -88,8 +98,8 @@ class SoftPromptConfig(PromptLearningConfig):
             "Anchors survive every reparameterization."
         },
     )
-    reparameterization: str = field(
-        default="direct",
+    reparameterization: Reparameterization | str = field(
+        default=Reparameterization.DIRECT,
         metadata={
             "help": "How the trained vectors become the prompt: 'direct' (they are the prompt), 'mlp' or 'lstm' "
             "(p-tuning encoders) or 'residual' (MLP with a skip connection, Residual Prompt Tuning). The encoder is "
@@ -105,65 +115,45 @@ class SoftPromptConfig(PromptLearningConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType(SOFT_PROMPT)  # a member peft_ext adds to PeftType when it is imported
-        self._check_strategy_names()
+        self.init = _member(Init, self.init, "init")
+        self.reparameterization = _member(Reparameterization, self.reparameterization, "reparameterization")
+        if self.text_length_policy is not None:
+            self.text_length_policy = _member(LengthPolicy, self.text_length_policy, "text_length_policy")
         if self.num_anchor_tokens < 0:
             raise InvalidConfigError(f"num_anchor_tokens must be >= 0, got {self.num_anchor_tokens}.")
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise InvalidConfigError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}.")
+        strategy = INIT_STRATEGIES[Init(self.init)]
         if self.tokenizer is not None:
-            self._resolve_with_tokenizer(self.tokenizer)
+            tokenizer = self.tokenizer
+            if isinstance(tokenizer, (str, os.PathLike)):
+                self.tokenizer_name_or_path = str(tokenizer)
+                tokenizer = load_local_tokenizer(str(tokenizer))
+            strategy.resolve(self, tokenizer)
             self.tokenizer = None  # used once; the ids it produced are what gets saved
-        if self.init == "adapter" and self.init_adapter and self.num_virtual_tokens is None:
-            self.num_virtual_tokens = read_saved_prompt(self.init_adapter).shape[0]
-        # Whether the init has all it needs is checked when a model is built (``check_ready``), not here: PEFT builds
-        # every config class with no arguments (``PeftConfig.from_peft_type``) and fills fields in later.
+        strategy.complete(self)
 
-    def _check_strategy_names(self) -> None:
-        if self.init not in init_strategies.INITIALIZERS:
-            raise UnknownInitError(f"Unknown init {self.init!r}; choose one of {sorted(init_strategies.INITIALIZERS)}.")
-        if self.reparameterization not in ENCODERS:
-            raise UnknownInitError(
-                f"Unknown reparameterization {self.reparameterization!r}; choose one of {sorted(ENCODERS)}."
+    def check_model(self, model: Any) -> None:
+        """Raise a named error unless a prompt of this config can be built for ``model``; called by PEFT's build."""
+        if self.task_type != TaskType.CAUSAL_LM or getattr(model.config, "is_encoder_decoder", False):
+            raise UnsupportedModelError(
+                f"SoftPromptConfig supports task_type='CAUSAL_LM' on decoder-only models; got task_type="
+                f"{self.task_type!r} on {type(model).__name__}."
             )
-        policies = init_strategies.LENGTH_POLICIES
-        if self.text_length_policy is not None and self.text_length_policy not in policies:
-            raise UnknownInitError(
-                f"Unknown text_length_policy {self.text_length_policy!r}; choose one of {sorted(policies)}."
+        hidden = model.get_input_embeddings().weight.shape[1]
+        if self.token_dim != hidden:
+            raise HiddenSizeMismatchError(
+                f"The adapter is {self.token_dim} wide but {type(model).__name__}'s hidden size is {hidden}: "
+                "it was made for a different base model."
             )
-
-    def _resolve_with_tokenizer(self, tokenizer: Any) -> None:
-        if isinstance(tokenizer, (str, os.PathLike)):
-            self.tokenizer_name_or_path = str(tokenizer)
-            tokenizer = init_strategies.load_local_tokenizer(str(tokenizer))
-        if self.init == "text" and self.init_token_ids is None:
-            ids, self.num_virtual_tokens = init_strategies.text_token_ids(self, tokenizer)
-            self.init_token_ids = ids
-        if self.init == "labels" and self.label_token_ids is None:
-            self.label_token_ids = init_strategies.label_token_ids(self, tokenizer)
-
-    def check_ready(self) -> None:
-        """Raise a named error unless this config carries everything its init needs; called when a model is built."""
         if self.inference_mode:
-            return
-        if self.init == "text" and self.init_token_ids is None:
-            if not self.init_text:
-                raise InvalidConfigError("init='text' needs init_text (the text whose embeddings start the prompt).")
-            raise TokenizerNotAvailableError(
-                "init='text' needs a tokenizer: pass tokenizer=<tokenizer object or local folder> to SoftPromptConfig."
-            )
-        if self.init == "labels" and self.label_token_ids is None:
-            if not self.label_words:
-                raise InvalidConfigError("init='labels' needs label_words, e.g. label_words=['positive', 'negative'].")
-            raise TokenizerNotAvailableError(
-                "init='labels' needs a tokenizer: pass tokenizer=<tokenizer or local folder> to SoftPromptConfig."
-            )
-        if self.init == "adapter" and not self.init_adapter:
-            raise InvalidConfigError("init='adapter' needs init_adapter=<folder of a saved soft-prompt adapter>.")
-        if self.num_virtual_tokens is None and self.init != "adapter":
+            return  # the saved prompt is loaded: no init runs
+        INIT_STRATEGIES[Init(self.init)].check(self)
+        if self.num_virtual_tokens is None:
             raise InvalidConfigError(
                 "num_virtual_tokens is required (or use init='text' with text_length_policy='exact')."
             )
-        if self.num_virtual_tokens is not None and self.num_anchor_tokens > self.num_virtual_tokens:
+        if self.num_anchor_tokens > self.num_virtual_tokens:
             raise InvalidConfigError(
                 f"num_anchor_tokens ({self.num_anchor_tokens}) exceeds num_virtual_tokens ({self.num_virtual_tokens})."
             )
@@ -172,4 +162,7 @@ class SoftPromptConfig(PromptLearningConfig):
         result = super().to_dict()
         result["tokenizer"] = None  # objects are never serialised; the ids they produced are
         result["peft_type"] = SOFT_PROMPT
+        for name in ("init", "text_length_policy", "reparameterization"):  # plain strings in adapter_config.json
+            if isinstance(result[name], Enum):
+                result[name] = result[name].value
         return result

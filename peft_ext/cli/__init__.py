@@ -7,15 +7,15 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from .errors import PeftExtError
+from ..errors import PeftExtError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import train_command
+    from . import train
 
     parser = argparse.ArgumentParser(prog="peft-ext", description="Soft prompts as shareable PEFT adapters.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train_command.register(commands)
+    train.register(commands)
     for entry_point in entry_points(group="peft_ext.cli"):
         entry_point.load()(commands)
     return parser
@@ -32,7 +32,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peft-ext: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from .errors import InvalidConfigError
+from ..errors import InvalidConfigError
 
 
 def register(commands: Any) -> None:
@@ -54,16 +54,15 @@ def register(commands: Any) -> None:
 
 
 def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
-    from .config import SoftPromptConfig
+    from ..soft_prompt import SoftPromptConfig
 
-    needs_tokenizer = args.init in ("text", "labels")
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=args.num_virtual_tokens,
         init=args.init,
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
-        tokenizer=tokenizer if needs_tokenizer else None,
+        tokenizer=tokenizer,  # used by the inits that need one (text, labels)
         label_words=[w.strip() for w in args.label_words.split(",")] if args.label_words else None,
         init_adapter=args.init_adapter,
         init_seed=args.init_seed,
@@ -83,10 +82,10 @@ def _publisher() -> Any:
 def run(args: argparse.Namespace) -> int:
     from peft import get_peft_model
 
+    from ..training import train_soft_prompts
     from .base_models import load_base_model
     from .data import load_texts
     from .plots import plot_losses
-    from .training import train_soft_prompts
 
     texts = load_texts(args.data, args.text_column)  # before the model: bad data fails fast
     publish = _publisher() if args.push else None

@@ -1,7 +1,8 @@
-"""Fixtures for the hub tests: adapter folders, the fake Hub server, and one ``store`` fixture for both stores.
+"""Fixtures of the hub tests: adapter folders, the fake Hub server, and one ``store`` fixture for both stores.
 
-Test modules import them by name (``from hub_fixtures import store, ...``) instead of through a conftest.py, which
-would take the module name ``conftest`` from tests/conftest.py.
+pytest finds them here for every test under tests/hub_tests, without imports. ``hermetic_hf`` is autouse: no hub
+test sees the caller's HF_* environment. Plain helpers (``make_adapter``, ``edit_stored``, ``REPO``, ``TOKEN``) are
+in hub_testutils.py and are imported by name; nothing is ever imported from a conftest.py (see tests/tiny_models.py).
 """
 
 from __future__ import annotations
@@ -17,24 +18,11 @@ from pathlib import Path
 import pytest
 from fake_hub_server import FakeHub
 from fault_proxy import FaultProxy
-from hub_testutils import REPO, TOKEN, make_adapter
+from hub_testutils import TOKEN, make_adapter
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import disable_progress_bars
 
 from hub import HfStore, LocalStore, Store
-
-__all__ = [
-    "adapter",
-    "edit_stored",
-    "fake_hub",
-    "fault_proxy",
-    "hermetic_hf",
-    "hf_store",
-    "local_store",
-    "proxied_store",
-    "store",
-    "tiny_llama",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -129,32 +117,3 @@ def tiny_llama():  # noqa: ANN201
         return LlamaForCausalLM(config).eval()
 
     return build, tokenizer
-
-
-def edit_stored(
-    store: Store, request: pytest.FixtureRequest, version: str, edit: Callable[[dict[str, bytes]], None]
-) -> Store:
-    """Edit the stored files of ``coach <version>`` (name -> bytes, in place) where the store keeps them.
-
-    Returns a store to pull with that has no cached copy: the same LocalStore, or an HfStore with a fresh cache.
-    """
-    if isinstance(store, LocalStore):
-        folder = store.root / REPO / "coach" / version
-        files = {p.name: p.read_bytes() for p in folder.iterdir()}
-        edit(files)
-        for p in folder.iterdir():
-            p.unlink()
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        return store
-    server: FakeHub = request.getfixturevalue("fake_hub")
-    commit = server.repos[REPO].commits[server.repos[REPO].tags[f"coach/v{version}"]]
-    prefix = f"coach/{version}/"
-    files = {k[len(prefix) :]: v for k, v in commit.files.items() if k.startswith(prefix)}
-    edit(files)
-    commit.files = {k: v for k, v in commit.files.items() if not k.startswith(prefix)}
-    commit.files.update({prefix + name: data for name, data in files.items()})
-    tmp: Path = request.getfixturevalue("tmp_path")
-    return HfStore(
-        endpoint=server.url, token=TOKEN, cache_dir=tmp / f"fresh_{len(list(tmp.iterdir()))}", retry_wait_s=0.01
-    )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .transformers_compat import output_cache
+from ..integration import output_cache
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape [1, heads, n, head_dim]
 
@@ -61,7 +61,8 @@ class PromptKVCache:
         self._lock = threading.Lock()
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, model: Any, key: Hashable | None, prompt: torch.Tensor) -> LayerKV:
+    def get(self, model: Any, key: Hashable | None, prompt: Callable[[], torch.Tensor]) -> LayerKV:
+        """The prompt's keys/values: cached under ``key``, else computed from ``prompt()`` (called only then)."""
         if key is not None:
             with self._lock:
                 found = self._entries.get(key)
@@ -70,7 +71,7 @@ class PromptKVCache:
                     self._hits += 1
                     return found
                 self._misses += 1
-        kv = compute_prompt_kv(model, prompt)
+        kv = compute_prompt_kv(model, prompt())
         if key is not None:
             self._store(key, kv)
         return kv
@@ -82,12 +83,15 @@ class PromptKVCache:
         with self._lock:
             if key in self._entries:
                 return
-            while self._entries and self._bytes + size > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= kv_bytes(evicted)
-                self._evictions += 1
+            self._evict_to(self.max_bytes - size)
             self._entries[key] = kv
             self._bytes += size
+
+    def _evict_to(self, max_bytes: int) -> None:
+        while self._entries and self._bytes > max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= kv_bytes(evicted)
+            self._evictions += 1
 
     def discard(self, matches: Any) -> None:
         """Drop every entry whose key satisfies ``matches(key)`` (e.g. all keys of a removed adapter)."""
@@ -100,8 +104,33 @@ class PromptKVCache:
             self._entries.clear()
             self._bytes = 0
 
+    def set_max_bytes(self, max_bytes: int) -> None:
+        """Change the bound; entries beyond it are evicted at once."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict_to(max_bytes)
+
     def stats(self) -> KVCacheStats:
         with self._lock:
             return KVCacheStats(
                 len(self._entries), self._bytes, self.max_bytes, self._hits, self._misses, self._evictions
             )
+
+
+def _stack_right_aligned(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack ``[1, heads, n_i, dim]`` tensors into ``[batch, heads, length, dim]``, zero-filled on the left."""
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, length - t.shape[2], 0)) for t in tensors])
+
+
+def batch_cache(model: Any, per_row: Sequence[LayerKV | None], longest: int) -> Any:
+    """Stack per-prompt keys/values, right-aligned like the prompts, into one ``DynamicCache`` for the batch."""
+    from transformers import DynamicCache
+
+    template = next(kv for kv in per_row if kv is not None)
+    cache = DynamicCache(config=model.config)
+    for layer, (template_keys, _) in enumerate(template):
+        empty = template_keys[:, :, :0]
+        keys = [empty if kv is None else kv[layer][0] for kv in per_row]
+        values = [empty if kv is None else kv[layer][1] for kv in per_row]
+        cache.update(_stack_right_aligned(keys, longest), _stack_right_aligned(values, longest), layer)
+    return cache

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 SEED_INPUTS = {
@@ -60,6 +58,8 @@ def register(commands: Any) -> None:
 
 def _heldout_losses(model: Any, tokenizer: Any, data: dict[str, list[str]], adapters: list[str | None]) -> dict:
     """Mean token loss of every adapter (None: the bare base) on every task's held-out texts."""
+    import torch
+
     losses: dict[str, dict[str, float]] = {}
     model.eval()
     for adapter in adapters:
@@ -105,16 +105,17 @@ def _print_losses(before: dict, after: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the demo's heavy work starts here; registering the command (``--help``) stays instant
     from peft import get_peft_model
 
     from peft_ext import MultiPromptModel, SoftPromptConfig
-    from peft_ext.base_models import load_base_model
-    from peft_ext.data import packaged_prompts, packaged_quotes
-    from peft_ext.plots import plot_before_after, plot_losses
+    from peft_ext.cli.base_models import load_base_model
+    from peft_ext.cli.data import packaged_prompts, packaged_quotes
+    from peft_ext.cli.plots import plot_before_after, plot_losses
     from peft_ext.training import train_soft_prompts
 
-    from . import api
-    from .stores.local import LocalStore
+    from .. import api
+    from ..stores.local import LocalStore
 
     started = time.perf_counter()
     output = args.output or os.path.join("peft-ext-output", time.strftime("demo-%Y%m%d-%H%M%S"))
