@@ -16,7 +16,7 @@ from huggingface_hub import constants as hub_constants
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from peft_ext import base_models
+from peft_ext.cli import base_models
 from peft_ext.cli.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
 from peft_ext.errors import BaseModelLoadError
 
