@@ -18,8 +18,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from local_http import QuietHTTPServer
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 
@@ -97,7 +99,7 @@ class FakeHub:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self._counter = 0
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: QuietHTTPServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -107,10 +109,8 @@ class FakeHub:
         class Handler(_Handler):
             server_hub = hub
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self.url
+        self._httpd = QuietHTTPServer(Handler)
+        return self._httpd.serve_in_background()
 
     @property
     def url(self) -> str:

@@ -20,8 +20,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
+
+from local_http import QuietHTTPServer
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -44,7 +46,7 @@ class FaultProxy:
         self.faults: list[ProxyFault] = []
         self.log: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: QuietHTTPServer | None = None
 
     def start(self) -> str:
         proxy = self
@@ -52,10 +54,8 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self.url
+        self._httpd = QuietHTTPServer(Handler)
+        return self._httpd.serve_in_background()
 
     @property
     def url(self) -> str:
@@ -133,15 +133,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, method: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(self.owner.upstream_host, self.owner.upstream_port, timeout=30)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
-            conn.request(method, self.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            dropped = _HOP_BY_HOP if method == "HEAD" else _HOP_BY_HOP | {"content-length"}  # HEAD: keep the size
-            kept = {k: v for k, v in response.getheaders() if k.lower() not in dropped}
-            return response.status, kept, data
+            return self._exchange(conn, method, body)
+        except OSError as error:  # the upstream is down: answer as a real proxy would
+            return 502, {"Content-Type": "application/json"}, f'{{"error": "proxy: {error}"}}'.encode()
         finally:
             conn.close()
+
+    def _exchange(
+        self, conn: http.client.HTTPConnection, method: str, body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
+        conn.request(method, self.path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        dropped = _HOP_BY_HOP if method == "HEAD" else _HOP_BY_HOP | {"content-length"}  # HEAD: keep the size
+        kept = {k: v for k, v in response.getheaders() if k.lower() not in dropped}
+        return response.status, kept, data
 
     def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
         self.send_response(status)
