@@ -24,6 +24,14 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if error is not None:
             self.errors.append(error)
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
     def serve_in_background(self) -> str:
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.url
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
