@@ -8,22 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_ext.adapter_files import AdapterFiles, folder_path, read_adapter_folder
+
 from .base_ref import BaseModelRef
 from .errors import (
     BaseModelMismatchError,
+    HiddenSizeMismatchError,
     IntegrityError,
     InvalidArgumentError,
     ManifestError,
     ManifestSchemaError,
     NoMatchingVersionError,
     NotFoundError,
-    TensorShapeError,
 )
 from .manifest import Manifest, check_metadata, read_manifest, verify_folder
 from .names import check_repo, check_task
 from .stores.base import PublishResult, Store, VersionEntry
 from .stores.local import LocalStore
-from .validate import AdapterPayload, load_adapter_folder, source_folder
 from .versions import BUMPS, FIRST_VERSION, Constraint, InvalidVersionError, SemVer
 
 
@@ -69,7 +70,7 @@ def push(
     payload = _payload(source, allow_pickle)
     base = None if base_model is None else BaseModelRef.coerce(base_model, tokenizer)
     if base is not None and base.hidden_size is not None and base.hidden_size != payload.token_dim:
-        raise TensorShapeError(
+        raise HiddenSizeMismatchError(
             f"The adapter's prompt is {payload.token_dim} wide but the base model's hidden size is "
             f"{base.hidden_size}: it was not trained on this model."
         )
@@ -150,6 +151,7 @@ def _verified(folder: Path, task: str, version: SemVer) -> Manifest:
     if manifest.task != task or manifest.version != version:
         raise IntegrityError(f"{folder} holds {manifest.task} {manifest.version}, not {task} {version}.")
     verify_folder(folder, manifest)
+    read_adapter_folder(folder)  # the bytes match the manifest; they must also be a usable soft prompt
     return manifest
 
 
@@ -210,14 +212,14 @@ def _store(store: Any) -> Store:
     return store
 
 
-def _payload(source: Any, allow_pickle: bool) -> AdapterPayload:
+def _payload(source: Any, allow_pickle: bool) -> AdapterFiles:
     if not callable(getattr(source, "save_pretrained", None)) or isinstance(source, (str, Path)):
-        return load_adapter_folder(source_folder(source), allow_pickle=allow_pickle)
+        return read_adapter_folder(folder_path(source), allow_pickle=allow_pickle)
     active = getattr(source, "active_adapter", "default")
     with tempfile.TemporaryDirectory(prefix="peft_ext_push_") as tmp:
         source.save_pretrained(tmp, selected_adapters=[active], safe_serialization=True)
         folder = Path(tmp) if active == "default" else Path(tmp) / str(active)  # PEFT nests non-default adapters
-        return load_adapter_folder(folder, allow_pickle=False)
+        return read_adapter_folder(folder, allow_pickle=False)
 
 
 def _check_base(manifest: Manifest, actual: BaseModelRef, allow_mismatch: bool) -> None:

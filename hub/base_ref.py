@@ -20,6 +20,8 @@ _STR_FIELDS = (
     "file_sha256",
 )
 _INT_FIELDS = ("hidden_size", "vocab_size")
+# Where a loader (``peft_ext.cli.base_models.load_base_model``) records on the model what exactly it loaded.
+MODEL_ATTRIBUTE = "peft_ext_base_info"
 # Identity evidence: when both sides know one of these and they differ, the models differ.
 _STRICT = (
     "architecture",
@@ -48,13 +50,18 @@ class BaseModelRef:
     package_version: str | None = None
     file_sha256: str | None = None
 
+    def attach(self, model: Any) -> None:
+        """Record on ``model`` that it is this base model (what its loader knows: package, file hash, commit)."""
+        setattr(model, MODEL_ATTRIBUTE, self)
+
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any = None) -> BaseModelRef:
-        """Describe a loaded transformers model (a PeftModel is unwrapped to its base model)."""
+        """Describe a loaded transformers model (a PeftModel is unwrapped to its base model), starting from what its
+        loader attached (:meth:`attach`)."""
         if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
             model = model.get_base_model()
-        info = getattr(model, "peft_ext_base_info", None)
-        known: dict[str, Any] = dict(info.to_dict()) if info is not None and hasattr(info, "to_dict") else {}
+        attached = getattr(model, MODEL_ATTRIBUTE, None)
+        known = attached.to_dict() if isinstance(attached, BaseModelRef) else {}
         config = getattr(model, "config", None)
         weight = model.get_input_embeddings().weight
         architectures = getattr(config, "architectures", None) or [type(model).__name__]

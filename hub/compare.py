@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidAdapterError, InvalidArgumentError, InvalidNameError, TensorShapeError
-from .safetensors_check import load_float32
+from peft_ext.adapter_files import read_adapter_folder
+from peft_ext.errors import TensorShapeError
+
+from .errors import InvalidArgumentError, InvalidNameError
 from .stores.base import Store
-from .validate import PROMPT_KEY, WEIGHTS_FILE
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,7 @@ def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
 
         repo, task, version = parse_spec(str(source))
         folder = pull(repo, task, version, store=store)
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise InvalidAdapterError(f"{str(folder)!r} has no {WEIGHTS_FILE} file to compare.")
-    tensors = load_float32(path.read_bytes(), str(path))
-    if PROMPT_KEY not in tensors or tensors[PROMPT_KEY].ndim != 2:
-        raise TensorShapeError(f"{path} has no 2-D {PROMPT_KEY!r} tensor.")
-    return tensors[PROMPT_KEY]
+    return read_adapter_folder(folder).prompt.float().numpy()
 
 
 def _vocab(model: Any) -> np.ndarray | None:

@@ -3,11 +3,28 @@
 All derive from :class:`HubError`, itself a :class:`peft_ext.errors.PeftExtError`, so ``except PeftExtError`` catches
 any user-facing problem of either package. Each also derives from the built-in type a caller would expect. Messages
 say what was wrong, with which value, and what to do; they never contain an access token.
+
+An adapter that cannot be used (``InvalidAdapterError`` and its subclasses) and a base model that cannot be loaded
+are failures of :mod:`peft_ext`'s reader and loader, so their classes live in :mod:`peft_ext.errors`; they are
+re-exported here so ``from hub.errors import ...`` names every error a hub call can raise.
 """
 
 from __future__ import annotations
 
-from peft_ext.errors import PeftExtError
+from peft_ext.errors import (  # noqa: F401  (re-exported: an adapter is refused by peft_ext's one reader)
+    BaseModelLoadError,
+    CorruptAdapterError,
+    HiddenSizeMismatchError,
+    InvalidAdapterConfigError,
+    InvalidAdapterError,
+    InvalidSourceError,
+    NonFiniteTensorError,
+    PeftExtError,
+    PickleRefusedError,
+    TensorDtypeError,
+    TensorShapeError,
+    UnsupportedPeftTypeError,
+)
 
 
 class HubError(PeftExtError):
@@ -38,52 +55,12 @@ class VersionExistsError(HubError, ValueError):
     """The version was already pushed with other bytes: versions are immutable, push a new one."""
 
 
-class InvalidAdapterError(HubError, ValueError):
-    """An adapter folder that cannot be pushed: missing files, bad config."""
-
-
-class InvalidSourceError(InvalidAdapterError, TypeError):
-    """What was given to push is neither an adapter folder (a path) nor a PeftModel."""
-
-
-class InvalidAdapterConfigError(InvalidAdapterError):
-    """An ``adapter_config.json`` that PEFT could not load: not JSON, a field of the wrong type or value."""
-
-
-class UnsupportedPeftTypeError(InvalidAdapterError):
-    """An adapter whose ``peft_type`` is not a soft-prompt method (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."""
-
-
-class CorruptAdapterError(InvalidAdapterError):
-    """A weights file that is not valid safetensors (corrupt, truncated, inconsistent header)."""
-
-
-class PickleRefusedError(InvalidAdapterError):
-    """A pickle ``.bin`` weights file, refused because unpickling can run code (pass ``allow_pickle=True``)."""
-
-
-class TensorShapeError(InvalidAdapterError):
-    """A tensor whose shape does not fit the adapter (``prompt_embeddings`` must be [num_virtual_tokens, hidden])."""
-
-
-class TensorDtypeError(InvalidAdapterError):
-    """A tensor whose dtype is not a supported float type (F16, BF16, F32, F64)."""
-
-
-class NonFiniteTensorError(InvalidAdapterError):
-    """A tensor containing NaN or Inf."""
-
-
 class InvalidMetadataError(HubError, ValueError):
     """``metrics`` or ``training_data_hash`` that cannot be stored in a manifest (wrong type, NaN/Inf, not JSON)."""
 
 
 class InvalidBaseModelError(HubError, TypeError):
     """A ``base_model`` (or its tokenizer) that is not a loaded model, a BaseModelRef or its dict form."""
-
-
-class BaseModelLoadError(HubError, OSError):
-    """The base model named on the command line could not be loaded."""
 
 
 class InvalidArgumentError(HubError, ValueError):

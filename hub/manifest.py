@@ -14,7 +14,7 @@ Schema 1 (JSON object)::
     libraries        {distribution: version} of the libraries that pushed it
 
 Readers ignore unknown fields of their schema and refuse a newer ``schema_version`` with :class:`ManifestSchemaError`.
-Numbers must be finite (strict JSON, :mod:`hub.strict_json`); what the writer writes, the reader reads back equal
+Numbers must be finite (strict JSON, :mod:`peft_ext.strict_json`); what the writer writes, the reader reads back equal
 (:meth:`Manifest.to_json` checks it before anything is stored).
 """
 
@@ -28,7 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import strict_json
+from peft_ext import strict_json
+
 from .base_ref import BaseModelRef
 from .errors import (
     IntegrityError,
@@ -120,11 +121,9 @@ class Manifest:
     def from_json(cls, data: bytes | str, source: str = MANIFEST_FILE) -> Manifest:
         """Parse and type-check a manifest; raise :class:`ManifestError` / :class:`ManifestSchemaError`."""
         try:
-            raw = strict_json.loads(data)
+            raw = strict_json.loads_object(data)
         except strict_json.StrictJSONError as exc:
-            raise ManifestError(f"{source} is not valid JSON ({exc}).") from None
-        if not isinstance(raw, dict):
-            raise ManifestError(f"{source} must hold a JSON object.")
+            raise ManifestError(f"{source} is not a valid JSON object ({exc}).") from None
         schema = raw.get("schema_version")
         if type(schema) is not int or schema < 1:
             raise ManifestError(f"{source} has no valid schema_version (got {schema!r}).")

@@ -39,8 +39,6 @@ def check_repo(repo: object) -> str:
     return str(repo)
 
 
-# The files of a stored version: the two PEFT writes (what push stores) and the manifest beside them. Nothing else.
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-PICKLE_FILE = "adapter_model.bin"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+# The files of a stored version besides its manifest: PEFT's CONFIG_NAME and SAFETENSORS_WEIGHTS_NAME, spelled out
+# because manifests are read without importing peft (and torch); a test pins them to peft_ext.adapter_files.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -41,18 +41,6 @@ class MissingLabelWordsError(PeftExtError, ValueError):
     """A ``labels`` init was asked for without label words, or a label word tokenises to nothing."""
 
 
-class HiddenSizeMismatchError(PeftExtError, ValueError):
-    """A soft prompt's width differs from the base model's hidden size."""
-
-
-class InvalidPromptTensorError(PeftExtError, ValueError):
-    """A tensor meant to be a soft prompt is not a ``[num_tokens, hidden]`` floating-point tensor."""
-
-
-class NonFiniteValueError(PeftExtError, ValueError):
-    """A soft prompt (or a tensor meant to become one) contains NaN or Inf."""
-
-
 class InvalidRequestError(PeftExtError, ValueError):
     """A call's arguments do not fit together (one adapter name per row, max_new_tokens instead of max_length, ...)."""
 
@@ -68,8 +56,48 @@ class AdapterNotFoundError(PeftExtError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class AdapterLoadError(PeftExtError, ValueError):
-    """An adapter folder or file that cannot be read as a soft prompt (format, pickle refused, ...)."""
+class InvalidAdapterError(PeftExtError, ValueError):
+    """An adapter folder, or a tensor meant to be a soft prompt, that cannot be used; the subclasses say why."""
+
+
+class InvalidSourceError(InvalidAdapterError, TypeError):
+    """What was given as an adapter is neither an adapter folder (a str or Path) nor a PeftModel."""
+
+
+class InvalidAdapterConfigError(InvalidAdapterError):
+    """An ``adapter_config.json`` that PEFT could not load: missing, not JSON, a field of the wrong type or value."""
+
+
+class UnsupportedPeftTypeError(InvalidAdapterError):
+    """An adapter whose ``peft_type`` is not a soft-prompt method (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."""
+
+
+class CorruptAdapterError(InvalidAdapterError):
+    """A weights file that is missing or not valid safetensors (corrupt, truncated, inconsistent header)."""
+
+
+class PickleRefusedError(InvalidAdapterError):
+    """A pickle ``.bin`` weights file, refused because unpickling can run code (pass ``allow_pickle=True``)."""
+
+
+class InvalidPromptTensorError(InvalidAdapterError):
+    """A tensor meant to be a soft prompt that is not one; the subclasses name the failure."""
+
+
+class TensorShapeError(InvalidPromptTensorError):
+    """A prompt that is not ``[num_tokens, hidden]``, or whose shape differs from its adapter config."""
+
+
+class HiddenSizeMismatchError(TensorShapeError):
+    """A soft prompt whose width differs from the base model's hidden size: it was trained for another model."""
+
+
+class TensorDtypeError(InvalidPromptTensorError):
+    """A tensor whose dtype is not a supported floating-point type (F16, BF16, F32, F64)."""
+
+
+class NonFiniteTensorError(InvalidPromptTensorError):
+    """A soft prompt (or any tensor of an adapter) that contains NaN or Inf."""
 
 
 class BaseModelLoadError(PeftExtError, OSError):

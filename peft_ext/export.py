@@ -11,7 +11,8 @@ from peft import PeftModel, PromptTuningConfig, PromptTuningInit
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 
-from .adapter_io import PROMPT_KEY, check_prompt_tensor, read_adapter_config, read_saved_prompt
+from .adapter_files import PROMPT_KEY, read_adapter_folder
+from .adapter_io import check_prompt_tensor
 from .integration import STOCK_PROMPT_GENERATE_BROKEN_SINCE, adapter_prompt, stock_prompt_generate_is_broken
 
 
@@ -20,8 +21,8 @@ def _source_prompt(source: Any, adapter_name: str) -> tuple[torch.Tensor, dict[s
         prompt = adapter_prompt(source, adapter_name)
         assert prompt is not None  # "default" or another adapter name, never the bare base model
         return prompt.detach().float().cpu(), source.peft_config[adapter_name].to_dict()
-    folder = os.fspath(source)
-    return read_saved_prompt(folder).float(), read_adapter_config(folder)
+    adapter = read_adapter_folder(source)
+    return adapter.prompt.float(), adapter.config
 
 
 def export_prompt_tuning(source: Any, output_dir: str | os.PathLike, adapter_name: str = "default") -> str:

@@ -16,8 +16,9 @@ from huggingface_hub import constants as hub_constants
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from hub.base_ref import BaseModelRef
 from peft_ext.cli import base_models
-from peft_ext.cli.base_models import EMBEDDED_DEFAULT, BaseModelInfo, LoadedBaseModel, load_base_model
+from peft_ext.cli.base_models import EMBEDDED_DEFAULT, LoadedBaseModel, load_base_model
 from peft_ext.errors import BaseModelLoadError
 
 WORDS = ["<unk>", "</s>", "<s>", "hello", "world", "paris", "is", "the", "capital"]
@@ -80,7 +81,7 @@ def test_local_folder_is_loaded_and_described(tmp_path):
     loaded = load_base_model(str(folder), show_progress=False)
     model, tokenizer, info = loaded
     assert isinstance(loaded, LoadedBaseModel) and loaded.info is info
-    assert info == BaseModelInfo(
+    assert info == BaseModelRef(
         model_id=str(folder.resolve()),
         revision=None,
         package=None,
@@ -92,7 +93,7 @@ def test_local_folder_is_loaded_and_described(tmp_path):
     )
     assert model.peft_ext_base_info is info and not model.training
     assert tokenizer.pad_token == tokenizer.eos_token == "</s>"  # added because the tokenizer had none
-    assert BaseModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    assert BaseModelRef.from_dict(json.loads(json.dumps(info.to_dict()))) == info
 
 
 def test_relative_path_becomes_absolute_and_dtype_is_applied(tmp_path, monkeypatch):
@@ -211,9 +212,8 @@ def test_embedded_default_converts_once_then_loads_from_cache(monkeypatch, tmp_p
 
     monkeypatch.setattr(base_models, "_convert_gguf", must_not_run)
     monkeypatch.setattr(base_models, "_sha256", must_not_run)
-    start = time.perf_counter()
     again = load_base_model(show_progress=False)
-    assert again.info == info and time.perf_counter() - start < 20
+    assert again.info == info
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

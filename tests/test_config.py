@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -14,7 +16,7 @@ from peft_ext.errors import (
     InitTextLengthError,
     InvalidConfigError,
     MissingLabelWordsError,
-    NonFiniteValueError,
+    NonFiniteTensorError,
     TokenizerNotAvailableError,
     UnknownStrategyError,
 )
@@ -156,10 +158,12 @@ def test_adapter_init_refuses_other_width(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"prompt_embeddings": wide.weight.detach()[:5].clone()}, tmp_path / "adapter_model.safetensors")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "token_dim": 48}))  # consistent, 48 wide
     with pytest.raises(HiddenSizeMismatchError, match="48"):
         _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="adapter", init_adapter=str(tmp_path)))
     save_file({"prompt_embeddings": torch.full((5, 32), float("nan"))}, tmp_path / "adapter_model.safetensors")
-    with pytest.raises(NonFiniteValueError):
+    with pytest.raises(NonFiniteTensorError):
         _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="adapter", init_adapter=str(tmp_path)))
 
 

@@ -10,7 +10,15 @@ from peft import get_peft_model
 from tiny_models import make_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig, export_prompt_tuning
-from peft_ext.errors import AdapterLoadError, AdapterNotFoundError, HiddenSizeMismatchError, NonFiniteValueError
+from peft_ext.errors import (
+    AdapterNotFoundError,
+    CorruptAdapterError,
+    HiddenSizeMismatchError,
+    InvalidAdapterConfigError,
+    InvalidAdapterError,
+    NonFiniteTensorError,
+    PickleRefusedError,
+)
 
 GENERATE = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
 
@@ -114,16 +122,19 @@ def test_refuses_bad_prompts(tmp_path):
     server = MultiPromptModel(make_model())
     with pytest.raises(HiddenSizeMismatchError, match="hidden size is 32"):
         server.add("wide", _prompt(3, 0, hidden=48))
-    with pytest.raises(NonFiniteValueError):
+    with pytest.raises(NonFiniteTensorError):
         server.add("nan", torch.full((3, 32), float("inf")))
-    with pytest.raises(AdapterLoadError, match="adapter_config.json"):
+    with pytest.raises(InvalidAdapterError, match="adapter_config.json"):
         server.add("empty", tmp_path)
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "SOFT_PROMPT"}')
+    with pytest.raises(InvalidAdapterConfigError, match="num_virtual_tokens"):
+        server.add("incomplete", tmp_path)
+    SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=32).save_pretrained(tmp_path)
     (tmp_path / "adapter_model.bin").write_bytes(b"not even a pickle")
-    with pytest.raises(AdapterLoadError, match="refuses"):
+    with pytest.raises(PickleRefusedError, match="allow_pickle"):
         server.add("pickle", tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(AdapterLoadError, match="safetensors"):
+    with pytest.raises(CorruptAdapterError, match="safetensors"):
         server.add("corrupt", tmp_path)
     assert server.names == []
 

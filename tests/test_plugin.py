@@ -12,7 +12,7 @@ from tiny_models import make_model
 
 import peft_ext
 from peft_ext import SoftPromptConfig
-from peft_ext.errors import AdapterLoadError, HiddenSizeMismatchError, UnsupportedModelError
+from peft_ext.errors import HiddenSizeMismatchError, InvalidAdapterError, UnsupportedModelError
 
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
 REPARAMETERIZATIONS = ["direct", "mlp", "lstm", "residual"]
@@ -98,7 +98,7 @@ def test_stock_saved_mlp_prompt_cannot_resume(tmp_path):
     config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, reparameterization="mlp")
     model = get_peft_model(make_model(), config)
     weights = {"prompt_embeddings": model.prompt_encoder["default"].prompt().detach()}
-    with pytest.raises(AdapterLoadError, match="encoder weights"):
+    with pytest.raises(InvalidAdapterError, match="encoder weights"):
         set_peft_model_state_dict(model, weights)
 
 

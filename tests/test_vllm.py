@@ -16,12 +16,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from peft_ext import SoftPromptConfig, adapter_prompt, export_prompt_tuning
 from peft_ext.errors import (
-    AdapterLoadError,
     AdapterNotFoundError,
     HiddenSizeMismatchError,
+    InvalidAdapterError,
     InvalidPromptTensorError,
     InvalidRequestError,
-    NonFiniteValueError,
+    NonFiniteTensorError,
     PeftExtError,
     UnsupportedModelError,
 )
@@ -119,7 +119,7 @@ def test_bad_inputs_raise_named_errors(tiny_tokenizer, tmp_path):
         (HiddenSizeMismatchError, "16 wide", (model, torch.zeros(4, 16), ids), {}),
         (InvalidPromptTensorError, "shape", (model, torch.zeros(32), ids), {}),
         (InvalidPromptTensorError, "dtype", (model, torch.zeros(4, 32, dtype=torch.long), ids), {}),
-        (NonFiniteValueError, "NaN", (model, torch.full((4, 32), float("nan")), ids), {}),
+        (NonFiniteTensorError, "NaN", (model, torch.full((4, 32), float("nan")), ids), {}),
         (InvalidRequestError, r"\[0, 64\)", (model, model, [5, 64]), {}),
         (InvalidRequestError, r"\[0, 64\)", (model, model, [-1]), {}),
         (InvalidRequestError, "one request", (model, model, torch.tensor([[5, 6], [7, 8]])), {}),
@@ -131,8 +131,8 @@ def test_bad_inputs_raise_named_errors(tiny_tokenizer, tmp_path):
         (InvalidRequestError, "Cannot embed", (object(), model, ids), {}),
         (AdapterNotFoundError, "missing", (model, model, ids), {"adapter_name": "missing"}),
         (InvalidRequestError, "no soft prompt", (model, model, ids), {"adapter_name": "__base__"}),
-        (AdapterLoadError, "adapter_config.json", (model, tmp_path, ids), {}),
-        (AdapterLoadError, "Cannot read", (model, 3.5, ids), {}),
+        (InvalidAdapterError, "adapter_config.json", (model, tmp_path, ids), {}),
+        (InvalidAdapterError, "Cannot read", (model, 3.5, ids), {}),
     ]
     for error, message, args, kwargs in cases:
         with pytest.raises(error, match=message):
@@ -146,7 +146,7 @@ def test_refuses_lora_adapters_and_encoder_decoder_models(tmp_path, tiny_tokeniz
 
     lora = get_peft_model(make_model(), LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], r=2))
     lora.save_pretrained(tmp_path / "lora")
-    with pytest.raises(AdapterLoadError, match="LORA"):
+    with pytest.raises(InvalidAdapterError, match="LORA"):
         prompt_embeds(make_model(), tmp_path / "lora", _ids(tiny_tokenizer))
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16))
     with pytest.raises(UnsupportedModelError, match="encoder-decoder"):

@@ -13,8 +13,9 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .. import strict_json
-from ..errors import BaseModelLoadError, HubError, InvalidMetadataError
+from peft_ext import strict_json
+
+from ..errors import BaseModelLoadError, InvalidMetadataError, PeftExtError
 from ..stores.base import DEFAULT_TIMEOUT_S
 from ..versions import BUMPS
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["hub", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.handler(args) or 0)
-    except HubError as error:
+    except PeftExtError as error:
         print(f"hub: error: {error}", file=sys.stderr)
         return 2
 

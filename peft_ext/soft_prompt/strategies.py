@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..adapter_io import check_prompt_tensor, read_saved_prompt
+from ..adapter_files import read_adapter_folder
+from ..adapter_io import check_prompt_tensor
 from ..errors import (
     EmptyInitTextError,
     InitTextLengthError,
@@ -237,7 +238,7 @@ class AdapterInit(InitStrategy):
 
     def complete(self, config: SoftPromptConfig) -> None:
         if config.init_adapter and config.num_virtual_tokens is None:
-            config.num_virtual_tokens = read_saved_prompt(config.init_adapter).shape[0]
+            config.num_virtual_tokens = read_adapter_folder(config.init_adapter).prompt.shape[0]
 
     def check(self, config: SoftPromptConfig) -> None:
         if not config.init_adapter:
@@ -245,7 +246,7 @@ class AdapterInit(InitStrategy):
 
     def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
         assert config.init_adapter is not None
-        prompt = read_saved_prompt(config.init_adapter)
+        prompt = read_adapter_folder(config.init_adapter).prompt
         check_prompt_tensor(prompt, word_embeddings.weight.shape[1], f"the adapter at {config.init_adapter}")
         if prompt.shape[0] != num_tokens:
             raise InitTextLengthError(

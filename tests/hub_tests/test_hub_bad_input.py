@@ -201,7 +201,7 @@ def test_fuzzed_adapter_configs_are_loadable_by_peft_or_refused_by_name(change: 
 
     from peft import PeftConfig
 
-    from hub.validate import check_config
+    from peft_ext.adapter_files import check_config
 
     config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "token_dim": 8} | change
     try:

