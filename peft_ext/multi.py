@@ -20,7 +20,7 @@ import torch
 from .adapter_io import check_prompt_tensor, load_soft_prompt, pad_texts
 from .engine import BASE_ADAPTER, Prompt, PromptEngine
 from .engine.engine import next_serial, prompt_key
-from .engine.kv_cache import DEFAULT_MAX_BYTES, KVCacheStats
+from .engine.kv_cache import KVCacheStats
 from .errors import AdapterNotFoundError, InvalidConfigError, InvalidRequestError
 
 
@@ -39,8 +39,11 @@ class MultiPromptModel:
     """One frozen causal LM serving many named soft prompts, a different one per row of a batch.
 
     ``capacity`` bounds how many prompts stay loaded (least recently used are evicted; those added from a folder
-    reload on their next use). ``kv_cache_bytes`` bounds the memory of cached prompt keys/values. Encoder-decoder
-    models (T5 family) are served too, recomputing the prompts: their encoder is bidirectional.
+    reload on their next use). Prompt keys/values are cached once per base model, in the cache its
+    :class:`~peft_ext.engine.PromptEngine` shares with every ``MultiPromptModel`` and ``PeftModel`` on that model;
+    ``kv_cache_bytes`` sets that shared cache's bound; ``None`` (the default) keeps the bound already set (the engine
+    starts at :data:`DEFAULT_MAX_BYTES`), so a second server on the same model does not undo the first one's.
+    Encoder-decoder models (T5 family) are served too, recomputing the prompts: their encoder is bidirectional.
     """
 
     def __init__(
@@ -49,7 +52,7 @@ class MultiPromptModel:
         tokenizer: Any = None,
         *,
         capacity: int | None = None,
-        kv_cache_bytes: int = DEFAULT_MAX_BYTES,
+        kv_cache_bytes: int | None = None,
         reuse_kv: bool = True,
     ) -> None:
         if capacity is not None and capacity < 1:
@@ -60,7 +63,8 @@ class MultiPromptModel:
         self.tokenizer = tokenizer  # used as it is: padding is done here, the caller's tokenizer is never changed
         self.capacity = capacity
         self.engine = PromptEngine.of(model)
-        self.engine.kv_cache.set_max_bytes(kv_cache_bytes)
+        if kv_cache_bytes is not None:
+            self.engine.kv_cache.set_max_bytes(kv_cache_bytes)
         self.kv_cache = self.engine.kv_cache
         self.is_encoder_decoder = self.engine.is_encoder_decoder
         self.reuse_kv = reuse_kv and not self.is_encoder_decoder

@@ -10,6 +10,7 @@ from peft import get_peft_model
 from tiny_models import make_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig, export_prompt_tuning
+from peft_ext.engine.kv_cache import DEFAULT_MAX_BYTES
 from peft_ext.errors import (
     AdapterNotFoundError,
     CorruptAdapterError,
@@ -253,3 +254,13 @@ def test_the_callers_tokenizer_is_never_changed(tiny_tokenizer, tmp_path):
     model = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, init_seed=0))
     train_soft_prompts(model, tiny_tokenizer, texts, tmp_path, max_steps=1, batch_size=2, show_progress=False)
     assert tiny_tokenizer.pad_token is None and tiny_tokenizer.padding_side == "left"
+
+
+def test_servers_on_one_model_share_one_bounded_cache():
+    model = make_model()
+    first = MultiPromptModel(model, kv_cache_bytes=10_000)
+    second = MultiPromptModel(model)  # no bound given: the first one's stays
+    assert second.kv_cache is first.kv_cache and first.kv_cache.max_bytes == 10_000
+    MultiPromptModel(model, kv_cache_bytes=20_000)
+    assert first.kv_cache.max_bytes == 20_000
+    assert MultiPromptModel(make_model()).kv_cache.max_bytes == DEFAULT_MAX_BYTES  # another model, its own cache
