@@ -153,11 +153,12 @@ class HfStore(Store):
 
     def _call(self, what: str, operation: Callable[[], T], *, conflicts: bool = False) -> T:
         """Run ``operation``, retrying transient failures (and, with ``conflicts``, a stale parent: HTTP 412)."""
-        hf_client.ensure_installed()
         last: BaseException | None = None
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), MAX_RETRY_WAIT_S))
+            # Each attempt: huggingface_hub may have rebuilt its client (after a connection error) without the hook.
+            hf_client.ensure_installed()
             try:
                 return operation()
             except HubError:
