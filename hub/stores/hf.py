@@ -24,10 +24,15 @@ tag's commit and of any other cached commit linking one of its damaged blobs) an
 Every remote operation (push, tag, yank, card, listing, resolving, downloading) runs through one retry loop,
 :meth:`HfStore._call`: transient failures (429, 5xx, timeouts, dropped connections, truncated bodies) are retried
 ``attempts`` times with exponential waits, a push re-reading the repo each time; whatever still fails becomes a named
-error (:mod:`.hf_errors`) with the token and URL credentials scrubbed. Every request carries the store's timeout
-(:mod:`.hf_client`). Listing versions needs the server: when it cannot be reached the listing fails (a pull by
-constraint must not quietly pick an older cached version), unless offline mode (``HF_HUB_OFFLINE=1``) is on, where
-the versions already pulled are listed from the cache, with a warning.
+error (:mod:`.hf_errors`) with the token and URL credentials scrubbed. huggingface_hub's own retries do not cover it:
+``HfApi.create_commit``, ``create_tag``, ``list_repo_refs`` and ``repo_info`` send one request through
+``get_session()`` and never retry (the public ``http_backoff`` retries one raw request to a URL, not an ``HfApi`` call,
+and knows no 412 that needs the push re-planned); ``hf_hub_download`` retries its metadata HEAD only when nothing is
+cached, and a file's GET only on 408/429 or a dropped connection, never on a 5xx or corrupt bytes.
+
+Every request carries the store's timeout (:mod:`.hf_client`). Listing versions needs the server: when it cannot be
+reached the listing fails (a pull by constraint must not quietly pick an older cached version), unless offline mode
+(``HF_HUB_OFFLINE=1``) is on, where the versions already pulled are listed from the cache, with a warning.
 """
 
 from __future__ import annotations
