@@ -16,16 +16,23 @@ subfolder="<task>/<version>")`` works with stock PEFT too. A yank is the extra t
 
 Pulls go through ``snapshot_download`` at the tag's commit with ``allow_patterns="<task>/<version>/*"``, so the
 Hugging Face cache, ``HF_HUB_CACHE`` and offline mode behave as usual; a version already in the cache is served
-with no request at all (the tag -> commit mapping is cached in the cache's ``refs/``, as huggingface_hub does).
-A cached copy that fails verification is dropped (:meth:`HfStore.evict`: its links and blobs) and downloaded again.
+with no request at all (``HfApi.resolve_revision`` keeps the tag -> commit mapping in the cache's ``refs/``). The cache
+is read and pruned only through huggingface_hub's ``scan_cache_dir``: the cached tags are the refs of its revisions,
+and a cached copy that fails verification is dropped (:meth:`HfStore.evict`: ``HFCacheInfo.delete_revisions`` of the
+tag's commit and of any other cached commit linking one of its damaged blobs) and downloaded again.
 
 Every remote operation (push, tag, yank, card, listing, resolving, downloading) runs through one retry loop,
 :meth:`HfStore._call`: transient failures (429, 5xx, timeouts, dropped connections, truncated bodies) are retried
 ``attempts`` times with exponential waits, a push re-reading the repo each time; whatever still fails becomes a named
-error (:mod:`.hf_errors`) with the token and URL credentials scrubbed. Every request carries the store's timeout
-(:mod:`.hf_client`). Listing versions needs the server: when it cannot be reached the listing fails (a pull by
-constraint must not quietly pick an older cached version), unless offline mode (``HF_HUB_OFFLINE=1``) is on, where
-the versions already pulled are listed from the cache, with a warning.
+error (:mod:`.hf_errors`) with the token and URL credentials scrubbed. huggingface_hub's own retries do not cover it:
+``HfApi.create_commit``, ``create_tag``, ``list_repo_refs`` and ``repo_info`` send one request through
+``get_session()`` and never retry (the public ``http_backoff`` retries one raw request to a URL, not an ``HfApi`` call,
+and knows no 412 that needs the push re-planned); ``hf_hub_download`` retries its metadata HEAD only when nothing is
+cached, and a file's GET only on 408/429 or a dropped connection, never on a 5xx or corrupt bytes.
+
+Every request carries the store's timeout (:mod:`.hf_client`). Listing versions needs the server: when it cannot be
+reached the listing fails (a pull by constraint must not quietly pick an older cached version), unless offline mode
+(``HF_HUB_OFFLINE=1``) is on, where the versions already pulled are listed from the cache, with a warning.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -42,10 +48,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
+from huggingface_hub import (
+    CachedRepoInfo,
+    CommitOperationAdd,
+    HfApi,
+    HFCacheInfo,
+    get_token,
+    hf_hub_download,
+    scan_cache_dir,
+    snapshot_download,
+)
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionResolutionError
-from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.errors import (
+    CacheNotFound,
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionResolutionError,
+)
 from huggingface_hub.utils.sha import git_hash
 
 from ..card import CardRow, render_card
@@ -153,11 +173,12 @@ class HfStore(Store):
 
     def _call(self, what: str, operation: Callable[[], T], *, conflicts: bool = False) -> T:
         """Run ``operation``, retrying transient failures (and, with ``conflicts``, a stale parent: HTTP 412)."""
-        hf_client.ensure_installed()
         last: BaseException | None = None
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), MAX_RETRY_WAIT_S))
+            # Each attempt: huggingface_hub may have rebuilt its client (after a connection error) without the hook.
+            hf_client.ensure_installed()
             try:
                 return operation()
             except HubError:
@@ -209,25 +230,39 @@ class HfStore(Store):
         return folder
 
     def evict(self, repo: str, task: str, version: SemVer) -> bool:
-        """Drop the cached copy of a version (the snapshot's links and the blobs they point to)."""
-        storage = self._storage(repo)
-        ref = storage / "refs" / f"{task}/v{version}"
+        """Drop the cached copy of a version: the cached revision of its tag's commit, through huggingface_hub.
+
+        ``delete_revisions`` keeps a blob that another cached revision still links; such a blob whose bytes no
+        longer match its name (the content hash it is filed under) is damaged for every revision, so those go too.
+        True when the copy is gone; False when there was none, or huggingface_hub could not delete it.
+        """
+        found = self._cached_repo(repo)
+        if found is None:
+            return False
+        info, cached = found
+        tag = f"{task}/v{version}"
+        revision = next((r for r in cached.revisions if tag in r.refs), None)
+        if revision is None:
+            return False
+        folder = revision.snapshot_path / task / str(version)
+        files = [f for f in revision.files if folder in f.file_path.parents]
+        if not files:
+            return False
+        others = cached.revisions - {revision}
+        shared = {g.blob_path for r in others for g in r.files}
         try:
-            commit = ref.read_text().strip()
-            folder = storage / "snapshots" / commit / task / str(version)
-            if not folder.is_dir():
-                return False
-            for entry in folder.iterdir():
-                blob = entry.resolve() if entry.is_symlink() else None
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                if blob is not None and blob.is_file() and storage.resolve() in blob.parents:
-                    blob.unlink()
+            damaged = {
+                f.blob_path
+                for f in files
+                if f.blob_path in shared
+                and revision.snapshot_path not in f.blob_path.parents
+                and not _matches_its_name(f.blob_path)
+            }
+            linking = {r.commit_hash for r in others if any(g.blob_path in damaged for g in r.files)}
+            info.delete_revisions(revision.commit_hash, *sorted(linking)).execute()
         except OSError:
             return False
-        return True
+        return not revision.snapshot_path.exists() and not any(b.exists() for b in damaged)
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -405,16 +440,24 @@ class HfStore(Store):
                 "works, and HF_HUB_OFFLINE=1 lists the cached ones."
             ) from None
 
-    def _storage(self, repo: str) -> Path:
-        cache = Path(self.cache_dir or hf_constants.HF_HUB_CACHE).expanduser()
-        return cache / repo_folder_name(repo_id=repo, repo_type="model")
+    def _cached_repo(self, repo: str) -> tuple[HFCacheInfo, CachedRepoInfo] | None:
+        """The HF cache's scan and its entry for the model repo ``repo``; None when either is missing.
+
+        ``scan_cache_dir`` leaves out (as a warning) a repo folder it finds inconsistent, e.g. a ref left by an
+        interrupted download with no snapshot behind it; such a repo counts as not cached until a pull completes.
+        """
+        try:
+            info = scan_cache_dir(self.cache_dir or hf_constants.HF_HUB_CACHE)
+        except (CacheNotFound, OSError, ValueError):  # no cache yet, unreadable, or a file where the folder should be
+            return None
+        cached = next((r for r in info.repos if r.repo_id == repo and r.repo_type == "model"), None)
+        return None if cached is None else (info, cached)
 
     def _cached_tags(self, repo: str) -> list[str] | None:
-        """Tags whose commit the HF cache knows (from earlier pulls); None if the repo was never pulled."""
-        refs = self._storage(repo) / "refs"
-        if not refs.is_dir():
-            return None
-        return [p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()]
+        """Tags whose commit the HF cache holds (from earlier pulls); None if the repo was never pulled."""
+        found = self._cached_repo(repo)
+        tags = sorted(ref for revision in found[1].revisions for ref in revision.refs) if found else []
+        return tags or None  # a pull always leaves its tag's ref: none at all means never pulled
 
     def _resolve_tag(self, repo: str, tag: str, use_cache: bool = True) -> str:
         """The commit of a version tag; from the cache's refs when known (tags are immutable), else the server."""
@@ -448,7 +491,7 @@ class HfStore(Store):
                 )
             )
             data, blob = link.read_bytes(), link.resolve()
-            if blob.name in (git_hash(data), hashlib.sha256(data).hexdigest()) or blob == link:
+            if _is_named_after(blob.name, data) or blob == link:
                 return data
             link.unlink()
             blob.unlink(missing_ok=True)
@@ -483,6 +526,15 @@ class HfStore(Store):
             for r in index
         ]
         return render_card(repo, rows, [str(r["base_model_id"]) for r in index if r.get("base_model_id")])
+
+
+def _is_named_after(name: str, data: bytes) -> bool:
+    """Whether ``name`` is the hash huggingface_hub files these bytes under (git blob sha1, or sha256 for LFS)."""
+    return name in (git_hash(data), hashlib.sha256(data).hexdigest())
+
+
+def _matches_its_name(blob: Path) -> bool:
+    return _is_named_after(blob.name, blob.read_bytes())
 
 
 def _index_row(manifest: Manifest) -> dict[str, Any]:

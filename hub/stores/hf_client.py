@@ -1,14 +1,16 @@
-"""Timeouts for every HTTP request ``HfStore`` makes, through huggingface_hub's own client hook.
+"""Timeouts for every HTTP request ``HfStore`` makes, through a request hook on huggingface_hub's shared client.
 
-huggingface_hub sends everything through one shared ``httpx2.Client`` built by a factory (``set_client_factory``); its
-default client has no timeout, so an API call to a Hub that stalls waits as long as it stalls (only file downloads
-get ``HF_HUB_DOWNLOAD_TIMEOUT``). Rather than replace the user's client, this module wraps whatever factory is in
-place and adds one request hook: a request to an endpoint an ``HfStore`` registered gets that store's timeout
-(connect, read, write and pool), any other request is left alone. The hook is re-attached if the client is rebuilt
-(huggingface_hub closes it after a connection error) or the factory is replaced.
+huggingface_hub sends everything through one shared ``httpx2.Client``: the one its public ``get_session()`` returns,
+built by the factory set with ``set_client_factory``. Its default client has no timeout, so an API call to a Hub
+that stalls waits as long as it stalls (only file downloads get ``HF_HUB_DOWNLOAD_TIMEOUT``). This module replaces
+neither that client nor the factory (a user's own factory stays in place): :func:`ensure_installed` adds one request
+hook to the live shared client when it lacks it. The hook gives a request to an endpoint an ``HfStore`` registered
+that store's timeout (connect, read, write and pool) and leaves any other request alone.
 
-The only huggingface_hub internal read here is ``_GLOBAL_CLIENT_FACTORY`` (checked against 2.4), to wrap the
-factory in place rather than replace it; without it the default factory is wrapped.
+Limit: huggingface_hub closes its shared client after a connection error (``close_session``, in ``http_backoff``)
+and builds a new one from the factory on its next request. That client carries no hook until the next call of
+:func:`ensure_installed`, which ``HfStore`` makes at the start of every attempt of every remote operation; requests
+it sends in the rest of the current attempt get the factory's timeout (none with huggingface_hub's default).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import threading
 from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub.utils import _http as hf_http
-from huggingface_hub.utils import get_session, set_client_factory
+from huggingface_hub.utils import get_session
 
 _LOCK = threading.Lock()
 _TIMEOUTS: dict[tuple[str, str, int | None], float] = {}
@@ -43,17 +44,11 @@ def register(endpoint: str, timeout_s: float) -> None:
 
 
 def ensure_installed() -> None:
-    """Make sure huggingface_hub's shared client carries the timeout hook (cheap when it already does)."""
-    if _apply_timeout in get_session().event_hooks.get("request", []):
+    """Add the timeout hook to huggingface_hub's live shared client if it lacks it (cheap when it has it)."""
+    client = get_session()
+    if _apply_timeout in client.event_hooks.get("request", []):
         return
     with _LOCK:
-        previous = getattr(hf_http, "_GLOBAL_CLIENT_FACTORY", hf_http.default_client_factory)
-
-        def factory() -> httpx2.Client:
-            client = previous()
-            hooks = client.event_hooks
-            if _apply_timeout not in hooks.get("request", []):
-                client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _apply_timeout]}
-            return client
-
-        set_client_factory(factory)
+        hooks = client.event_hooks
+        if _apply_timeout not in hooks.get("request", []):  # (another thread may have added it meanwhile)
+            client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _apply_timeout]}

@@ -211,6 +211,36 @@ def test_cached_pull_makes_no_request_and_offline_mode_works(
         hub.versions("org/never-pulled", "coach", store=hf_store)
 
 
+def test_evict_drops_the_cached_revision_and_says_whether_there_was_one(
+    hf_store: HfStore, fake_hub: FakeHub, adapter: MakeAdapter, tmp_path: Path
+) -> None:
+    v100 = hub.SemVer(1, 0, 0)
+    assert HfStore(endpoint=fake_hub.url, cache_dir=tmp_path / "no_cache_yet").evict(REPO, "coach", v100) is False
+    hub.push(adapter(seed=1), REPO, task="coach", store=hf_store)
+    assert hf_store.evict(REPO, "coach", v100) is False  # pushed, never pulled
+    folder = hub.pull(REPO, "coach", "1.0.0", store=hf_store)
+    good = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert hf_store.evict(REPO, "coach", v100) is True
+    assert not folder.exists() and hf_store.evict(REPO, "coach", v100) is False
+    before = len(fake_hub.requests)
+    assert hub.pull(REPO, "coach", "1.0.0", store=hf_store) == folder
+    assert any("/resolve/" in path for _, path in fake_hub.requests[before:])  # downloaded again
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == good
+
+
+def test_a_damaged_blob_two_cached_versions_share_is_dropped_for_both(hf_store: HfStore, adapter: MakeAdapter) -> None:
+    hub.push(adapter(seed=1), REPO, task="coach", store=hf_store)
+    hub.push(adapter(seed=2), REPO, task="coach", store=hf_store)
+    folders = [hub.pull(REPO, "coach", v, store=hf_store) for v in ("1.0.0", "1.0.1")]
+    config = (folders[0] / "adapter_config.json").read_bytes()
+    blob = (folders[0] / "adapter_config.json").resolve()
+    assert blob == (folders[1] / "adapter_config.json").resolve()  # same bytes in both versions: one blob
+    blob.write_bytes(b" " * len(config))
+    # huggingface_hub's delete_revisions keeps a blob another revision links; a damaged one must go all the same.
+    for version in ("1.0.0", "1.0.1"):
+        assert (hub.pull(REPO, "coach", version, store=hf_store) / "adapter_config.json").read_bytes() == config
+
+
 def test_token_never_leaks(fake_hub: FakeHub, tmp_path: Path, adapter: MakeAdapter, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.DEBUG)
     good = HfStore(endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "c", retry_wait_s=0.01)
