@@ -76,6 +76,7 @@ from ..errors import (
     InvalidArgumentError,
     InvalidEndpointError,
     NotFoundError,
+    PeftExtError,
     RemoteError,
 )
 from ..manifest import MANIFEST_FILE, Manifest
@@ -181,7 +182,7 @@ class HfStore(Store):
             hf_client.ensure_installed()
             try:
                 return operation()
-            except HubError:
+            except PeftExtError:  # already named (a hub or an adapter error)
                 raise
             except REMOTE_ERRORS as exc:
                 if not ((conflicts and status_of(exc) == 412) or is_transient(exc)):
