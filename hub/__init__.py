@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(["VersionDetails", "pull", "push", "repair_card", "resolve", "show", "tasks", "yank"], "hub.api"),
     "BaseModelRef": "hub.base_ref",
+    "parse_reference": "hub.names",
     **dict.fromkeys(["DiffResult", "TokenDiff", "diff"], "hub.compare"),
     **dict.fromkeys(["MANIFEST_FILE", "Manifest"], "hub.manifest"),
     **dict.fromkeys(["PublishResult", "Store", "VersionEntry"], "hub.stores.base"),
@@ -67,6 +68,7 @@ __all__ = [
     "VersionDetails",
     "VersionEntry",
     "diff",
+    "parse_reference",
     "pull",
     "push",
     "repair_card",

@@ -11,7 +11,8 @@ import numpy as np
 from peft_ext.adapter_files import read_adapter_folder
 from peft_ext.errors import TensorShapeError
 
-from .errors import InvalidArgumentError, InvalidNameError
+from .errors import InvalidArgumentError
+from .names import parse_reference
 from .stores.base import Store
 
 
@@ -72,15 +73,6 @@ def diff(
     )
 
 
-def parse_spec(spec: str) -> tuple[str, str, str]:
-    """``"repo:task@version"`` -> (repo, task, version); version defaults to ``latest``."""
-    repo, sep, rest = spec.rpartition(":")
-    task, _, version = rest.partition("@")
-    if not sep or not repo or not task:
-        raise InvalidNameError(f"{spec!r} is neither a folder nor 'repo:task@version'.")
-    return repo, task, version or "latest"
-
-
 def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
     if not isinstance(source, (str, Path)):
         raise InvalidArgumentError(f"diff takes folders or 'repo:task@version' strings, got {type(source).__name__}.")
@@ -88,7 +80,7 @@ def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
     if not folder.is_dir():
         from .api import pull
 
-        repo, task, version = parse_spec(str(source))
+        repo, task, version = parse_reference(str(source))
         folder = pull(repo, task, version, store=store)
     return read_adapter_folder(folder).prompt.float().numpy()
 

@@ -39,6 +39,19 @@ def check_repo(repo: object) -> str:
     return str(repo)
 
 
+def parse_reference(reference: object) -> tuple[str, str, str]:
+    """``"repo:task@constraint"`` (``org/prompts:coach@^1.2``) -> ``(repo, task, constraint)``; no ``@`` means
+    ``latest``. Repo and task are checked; the constraint is parsed where it is used."""
+    repo, sep, rest = reference.rpartition(":") if isinstance(reference, str) else ("", "", "")
+    task, _, constraint = rest.partition("@")
+    if not sep or not repo or not task:
+        raise InvalidNameError(
+            f"{reference!r:.80} is neither an existing folder nor a store reference 'repo:task@version' (e.g. "
+            "'org/prompts:coach@^1.2')."
+        )
+    return check_repo(repo), check_task(task), constraint or "latest"
+
+
 # The files of a stored version besides its manifest: PEFT's CONFIG_NAME and SAFETENSORS_WEIGHTS_NAME, spelled out
 # because manifests are read without importing peft (and torch); a test pins them to peft_ext.adapter_files.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

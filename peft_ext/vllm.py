@@ -8,13 +8,18 @@ embed(token_ids)])``, which is what PEFT feeds its base model too: the prompt at
 
 vLLM tokenises nothing when given embeddings: ``token_ids`` must already hold what the tokenizer would add (BOS, a
 chat template). vLLM's prefix caching matches identical embedding bytes in whole blocks, so requests sharing a soft
-prompt share its cached keys/values when the prompt tensor is the same each time (read it once and reuse it).
+prompt share its cached keys/values when the prompt tensor is the same each time: :class:`VllmPrompts` reads each
+prompt version once and builds every request from that one tensor, as the body of vLLM's Completions API
+(``prompt_embeds``: base64 of ``torch.save`` bytes, what ``vllm.utils.serial_utils.tensor2base64`` writes).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -117,3 +122,65 @@ def embeds_prompt(
     return {
         "prompt_embeds": prompt_embeds(model_or_embeddings, prompt, token_ids, adapter_name=adapter_name, dtype=dtype)
     }
+
+
+def encode_prompt_embeds(embeds: torch.Tensor) -> str:
+    """``embeds`` as vLLM's Completions API takes ``prompt_embeds``: base64 of the ``torch.save`` bytes (CPU)."""
+    buffer = io.BytesIO()
+    torch.save(embeds.detach().cpu().contiguous(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class VllmPrompts:
+    """Requests for a vLLM server (``--enable-prompt-embeds``) that serves soft prompts on its base model.
+
+    ``resolve`` turns what a request names into a prompt source: by default the name is the source itself (a folder,
+    a tensor); with hub, ``lambda ref: hub.pull(*hub.parse_reference(ref), base_model=base)`` turns
+    ``"org/prompts:coach@^1.2"`` into the verified folder of the version it picks today. Each resolved source (one
+    folder per version) is read once and kept, so every request for that version starts with the same bytes and
+    vLLM's prefix cache reuses the prompt's keys/values.
+    """
+
+    def __init__(
+        self,
+        model_or_embeddings: Any,
+        resolve: Callable[[str], PromptSource] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self._embed, self._weight = _embedding_table(model_or_embeddings)
+        self._resolve = resolve
+        self._dtype = dtype if dtype is not None else self._weight.dtype
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def prompt(self, name: str) -> torch.Tensor:
+        """The ``[n, hidden]`` prompt ``name`` resolves to today, read once per resolved source."""
+        source = self._resolve(name) if self._resolve is not None else name
+        if isinstance(source, torch.Tensor):
+            check_prompt_tensor(source, self._weight.shape[1], f"The soft prompt {name!r}")
+            return source.detach().to(device=self._weight.device, dtype=self._dtype)
+        key = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"id:{id(source)}"
+        with self._lock:
+            tensor = self._tensors.get(key)
+        if tensor is None:
+            tensor = load_soft_prompt(source)
+            check_prompt_tensor(tensor, self._weight.shape[1], f"The soft prompt {name!r}")
+            tensor = tensor.detach().to(device=self._weight.device, dtype=self._dtype).contiguous()
+            with self._lock:
+                tensor = self._tensors.setdefault(key, tensor)
+        return tensor
+
+    @torch.no_grad()
+    def embeds(self, name: str, token_ids: TokenIds) -> torch.Tensor:
+        """The request's ``[n + len(token_ids), hidden]`` embeddings: the prompt, then the embedded text."""
+        soft = self.prompt(name)
+        ids = _token_tensor(token_ids, self._weight.shape[0], self._weight.device)
+        text = self._embed(ids[None])[0].to(self._dtype)
+        return torch.cat([soft, text]).contiguous()
+
+    def completion_request(self, name: str, token_ids: TokenIds, *, model: str, **params: Any) -> dict[str, Any]:
+        """Keyword arguments for ``openai.OpenAI(base_url=vllm_url).completions.create(**request)``: ``model`` is
+        the base model vLLM serves, ``params`` the usual ones (``max_tokens``, ``temperature``, ...)."""
+        extra_body = {**params.pop("extra_body", {}), "prompt_embeds": encode_prompt_embeds(self.embeds(name, token_ids))}
+        return {"model": model, "prompt": "", **params, "extra_body": extra_body}
