@@ -106,3 +106,11 @@ class BaseModelLoadError(PeftExtError, OSError):
 
 class DatasetError(PeftExtError, ValueError):
     """A training data file that is empty, has no text column, or cannot be decoded."""
+
+
+class ServerBusyError(PeftExtError, RuntimeError):
+    """The server's request queue is full: retry after a moment (HTTP 429 with ``Retry-After``)."""
+
+
+class ServerStoppingError(PeftExtError, RuntimeError):
+    """The server is shutting down and takes no new requests (HTTP 503)."""
