@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.engine import Prompt
-from ..errors import AdapterNotFoundError
+from ..errors import AdapterNotFoundError, InvalidConfigError
 from ..multi import MultiPromptModel
 
 
@@ -50,6 +50,8 @@ class PromptRegistry:
 
     def add(self, name: str, source: Any) -> str:
         """Load a prompt under ``name`` from a folder, a tensor or a store reference; return the name it serves as."""
+        if name == self.base_name:
+            raise InvalidConfigError(f"{name!r} names the base model; serve the prompt under another name.")
         if isinstance(source, str) and _is_reference(source):
             exact = self._pull(source)
             if name != exact:

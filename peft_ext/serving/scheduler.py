@@ -39,6 +39,9 @@ class Generation:
     input_ids: list[int]
     params: SamplingParams
     label: str = ""  # what metrics call the request's prompt
+    # Called on the decoding thread with each emitted token; True ends the generation ("stop") at that token, so a
+    # stop found in the text costs no further decoding step (see Service: stop strings).
+    stop_check: Callable[[Token], bool] | None = None
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     error: str | None = None  # why, when finish_reason is "error"
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -48,9 +51,12 @@ class Generation:
     _loop: asyncio.AbstractEventLoop | None = None
     _async_events: asyncio.Queue[Any] | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _cancel_reason: str = "cancelled"
 
-    def cancel(self) -> None:
-        """Stop generating (a client went away): the row leaves the batch at the next step."""
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop generating: the row leaves the batch at the next step and the generation ends with ``reason``
+        ("cancelled" when a client went away; "stop" when the caller found a stop string in the text)."""
+        self._cancel_reason = reason
         self._cancelled.set()
 
     @property
@@ -113,6 +119,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._accepting = True
         self._stopped = False
+        self._dead = False  # the decoding thread died: requests are refused rather than left waiting
         self._tokens = self._finished = 0
         self._thread = threading.Thread(target=self._run, name="peft-ext-scheduler", daemon=True)
         self._thread.start()
@@ -127,16 +134,19 @@ class Scheduler:
         *,
         label: str = "",
         loop: asyncio.AbstractEventLoop | None = None,
+        stop_check: Callable[[Token], bool] | None = None,
     ) -> Generation:
         """Queue a request; its tokens arrive on the returned :class:`Generation`."""
         if not input_ids:
             raise InvalidRequestError("The request has no input tokens; send some text.")
-        generation = Generation(prompt, [int(i) for i in input_ids], params, label)
+        generation = Generation(prompt, [int(i) for i in input_ids], params, label, stop_check=stop_check)
         if loop is not None:
             generation._loop, generation._async_events = loop, asyncio.Queue()
         with self._wake:
             if not self._accepting:
                 raise ServerStoppingError("The server is shutting down and takes no new requests.")
+            if self._dead:
+                raise ServerStoppingError("The decoding thread has stopped (see the server log); restart the server.")
             if len(self._waiting) >= self.max_queued + max(0, self.max_running - len(self._running)):
                 raise ServerBusyError(
                     f"{len(self._waiting)} requests are already waiting (limit {self.max_queued}); retry shortly."
@@ -144,6 +154,11 @@ class Scheduler:
             self._waiting.append(generation)
             self._wake.notify()
         return generation
+
+    @property
+    def alive(self) -> bool:
+        """Whether the decoding thread is running (False after :meth:`shutdown`, or if it died)."""
+        return self._thread.is_alive() and not self._dead
 
     def stats(self) -> SchedulerStats:
         with self._wake:
@@ -163,29 +178,39 @@ class Scheduler:
     # --- the decoding loop -----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._waiting and not self._running and not self._stopped:
-                    self._wake.wait()
-                if self._stopped and not self._waiting and not self._running:
-                    return
-                admitted: list[Generation] = []
-                while self._waiting and len(self._running) + len(admitted) < self.max_running:
-                    if len(admitted) == self.admit_per_step:
-                        break
-                    admitted.append(self._waiting.popleft())
-            try:
-                self._step(admitted)
-            except Exception as error:  # a failure of the model: end every affected request, keep serving
-                self._fail_all(error)
+        try:
+            while True:
+                with self._wake:
+                    while not self._waiting and not self._running and not self._stopped:
+                        self._wake.wait()
+                    if self._stopped and not self._waiting and not self._running:
+                        return
+                    admitted: list[Generation] = []
+                    while self._waiting and len(self._running) + len(admitted) < self.max_running:
+                        if len(admitted) == self.admit_per_step:
+                            break
+                        admitted.append(self._waiting.popleft())
+                try:
+                    self._step(admitted)
+                except Exception as error:  # a failure of the model: end every affected request, keep serving
+                    self._fail_all(error, admitted)
+        except BaseException as error:  # the loop itself broke: nothing will decode again, so end every request
+            logger.exception("The decoding thread stopped")
+            self._abandon(error)
 
     def _step(self, admitted: list[Generation]) -> None:
         for generation in admitted:
             if generation.cancelled:
-                self._finish(generation, "cancelled")
+                self._finish(generation, generation._cancel_reason)
                 continue
             new_row = next(self._ids)
-            logits = self._batch.join(new_row, generation.prompt, generation.input_ids)
+            try:
+                logits = self._batch.join(new_row, generation.prompt, generation.input_ids)
+            except Exception as error:  # this request's prefill failed: end it alone, the running rows go on
+                logger.exception("Prefill failed; ending that request")
+                generation.error = f"{type(error).__name__}: {error}"
+                self._finish(generation, "error")
+                continue
             with self._wake:
                 self._running[new_row] = (generation, generation.params.generator())
             self._accept(new_row, logits)
@@ -206,15 +231,17 @@ class Scheduler:
             generation.first_token_at = time.perf_counter()
         generation.tokens.append(token)
         self._tokens += 1
-        stops = self.eos_token_ids | generation.params.stop_token_ids
-        if token.id in stops:
+        if token.id in self.eos_token_ids | generation.params.stop_token_ids:
             generation.finish_reason = "stop"
-        else:
-            generation._emit(token)
-            if self._on_token is not None:
-                self._on_token(generation, token)
-            if len(generation.tokens) >= generation.params.max_tokens:
-                generation.finish_reason = "length"
+            return
+        # Decided before the token goes out: whoever reads the last token finds the generation finished.
+        if generation.stop_check is not None and generation.stop_check(token):
+            generation.finish_reason = "stop"
+        elif len(generation.tokens) >= generation.params.max_tokens:
+            generation.finish_reason = "length"
+        if self._on_token is not None:
+            self._on_token(generation, token)
+        generation._emit(token)
 
     def _retire(self) -> None:
         done = [row for row, (g, _) in self._running.items() if g.finish_reason is not None or g.cancelled]
@@ -224,16 +251,17 @@ class Scheduler:
         for row in done:
             with self._wake:
                 generation, _ = self._running.pop(row)
-            self._finish(generation, generation.finish_reason or "cancelled")
+            self._finish(generation, generation.finish_reason or generation._cancel_reason)
 
     def _finish(self, generation: Generation, reason: str) -> None:
         generation.finish_reason = reason
-        self._finished += 1
-        generation._emit(_END)
-        if self._on_finish is not None:
+        with self._wake:
+            self._finished += 1
+        if self._on_finish is not None:  # before the end goes out: a client that saw it finds it counted
             self._on_finish(generation)
+        generation._emit(_END)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, error: Exception, admitted: list[Generation]) -> None:
         logger.exception("Decoding step failed; ending the %d running requests", len(self._running))
         rows = list(self._running)
         self._batch.leave(rows)
@@ -241,4 +269,18 @@ class Scheduler:
             with self._wake:
                 generation, _ = self._running.pop(row)
             generation.error = f"{type(error).__name__}: {error}"
+            self._finish(generation, "error")
+        for generation in admitted:  # taken from the queue but not yet in the batch when the step failed
+            if generation.finish_reason is None:
+                generation.error = f"{type(error).__name__}: {error}"
+                self._finish(generation, "error")
+
+    def _abandon(self, error: BaseException) -> None:
+        with self._wake:
+            self._dead = True
+            pending = [*self._waiting, *(g for g, _ in self._running.values())]
+            self._waiting.clear()
+            self._running.clear()
+        for generation in pending:
+            generation.error = f"The decoding thread stopped ({type(error).__name__}: {error})"
             self._finish(generation, "error")
