@@ -88,7 +88,8 @@ def running(service: Service, **options: Any) -> Iterator[Server]:
     """``service`` served on a free port of 127.0.0.1 in a background thread; stopped (gracefully) at the end."""
     from peft_ext.serving.server import Server, bind  # the serve extra, needed by the HTTP tests only
 
-    server = Server(service, bind("127.0.0.1", 0), log_level="warning", access_log=False, **options)
+    options = {"log_level": "warning", "access_log": False, **options}
+    server = Server(service, bind("127.0.0.1", 0), **options)
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), "the server to start")

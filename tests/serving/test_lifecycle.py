@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import socket
 from typing import Any
 
@@ -46,12 +47,23 @@ def test_a_client_that_hangs_up_frees_its_row(make_service: Any, monkeypatch: py
         gate.remove()
 
 
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
 def test_graceful_shutdown_finishes_accepted_requests(make_service: Any) -> None:
     service = make_service(max_running=1)
     gate = Gate(service.scheduler)
     gate.close()
+    uvicorn_log, messages = logging.getLogger("uvicorn.error"), _Messages()
     try:
-        with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        with running(service, log_level="info") as server, httpx.Client(base_url=server.url, timeout=300) as http:
+            uvicorn_log.addHandler(messages)  # (after uvicorn set up its logging, which drops other handlers)
             with http.stream("POST", "/v1/completions", json={**LONG, "max_tokens": 20, "stream": True}) as streamed:
                 lines = streamed.iter_lines()
                 first = next(lines)  # running, held by the gate
@@ -62,6 +74,11 @@ def test_graceful_shutdown_finishes_accepted_requests(make_service: Any) -> None
                         address = server.sock.getsockname()[:2]
                         server.stop()  # what SIGINT/SIGTERM do
                         wait_for(lambda: _refuses(address), "the server to stop accepting connections")
+                        # Past the point where a server that does not wait would have cut the requests off:
+                        wait_for(
+                            lambda: any(m.startswith("Waiting for connections to close") for m in messages.seen),
+                            "uvicorn to wait for the open requests",
+                        )
                     finally:
                         gate.open()
                     rest = [line for line in lines if line]
@@ -70,6 +87,7 @@ def test_graceful_shutdown_finishes_accepted_requests(make_service: Any) -> None
             assert not server.thread.is_alive()  # type: ignore[attr-defined]
     finally:
         gate.remove()
+        uvicorn_log.removeHandler(messages)
     chunks = [json.loads(line.removeprefix("data: ")) for line in [first, *rest[:-1]]]
     assert rest[-1] == "data: [DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert len("".join(c["choices"][0]["text"] for c in chunks).split()) == 20  # every token arrived
