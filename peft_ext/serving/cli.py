@@ -104,8 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .server import Server, bind
     except ImportError as error:
         raise MissingExtraError(
-            f"peft-ext serve needs the 'serve' extra ({error.name or error} is missing): "
-            "pip install 'peft-ext[serve]'."
+            f"peft-ext serve needs the 'serve' extra ({error.name or error} is missing): pip install 'peft-ext[serve]'."
         ) from None
 
     if args.max_running < 1 or args.max_queued < 0:

@@ -251,6 +251,27 @@ def test_an_over_long_body_is_413(make_service: Any) -> None:
         assert_healthy(http)
 
 
+def test_a_model_failure_is_a_500_in_openai_shape_and_the_server_goes_on(make_service: Any) -> None:
+    service = make_service()
+    batch = service.scheduler._batch
+    step = batch.step
+
+    def fail_once(tokens: Any) -> Any:
+        batch.step = step  # type: ignore[method-assign]
+        raise RuntimeError("the accelerator fell over")
+
+    with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        batch.step = fail_once  # type: ignore[method-assign]
+        message = assert_openai_error(http.post("/v1/completions", json=OK), 500, "generation_failed")
+        assert "the accelerator fell over" in message
+        batch.step = fail_once  # type: ignore[method-assign]
+        with http.stream("POST", "/v1/completions", json=_with(OK, stream=True)) as streamed:
+            assert streamed.status_code == 200  # the failure comes after the headers: as an event
+            events = [line.removeprefix("data: ") for line in streamed.iter_lines() if line]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "generation_failed"
+        assert_healthy(http)
+
+
 def test_a_server_shutting_down_is_503(make_service: Any) -> None:
     service = make_service()
     with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:

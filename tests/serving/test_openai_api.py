@@ -51,6 +51,13 @@ def test_completions_whole_and_streamed(service: Service, client: openai.OpenAI)
     assert whole.usage.completion_tokens == len(expected) + (reason == "stop")  # an EOS counts, as OpenAI's does
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
+    ranked = client.completions.create(model="p1", prompt=TEXTS[0], max_tokens=10, temperature=0, logprobs=2)
+    logprobs = ranked.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens == [service.token_text(i) for i in expected]
+    for chosen, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
+        assert len(top) == 2 and max(top.values()) == value == top[chosen] < 0  # greedy: the likeliest token
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+
     chunks = list(client.completions.create(model="p1", prompt=TEXTS[0], max_tokens=10, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == choice.text
     assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + [reason]
@@ -82,6 +89,15 @@ def test_chat_by_version_constraint_whole_and_streamed(service: Service, client:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reason
     assert chunks[-1].choices == [] and chunks[-1].usage == chat.usage  # include_usage: a last chunk with usage
+
+    both = client.chat.completions.create(
+        model=f"{COACH}@^1.0", messages=messages, max_tokens=8, temperature=0, n=2, stream=True
+    )
+    texts: dict[int, str] = {}
+    for chunk in both:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {0: message.content, 1: message.content}  # n=2 streamed, interleaved by index
 
     pinned = client.chat.completions.create(model=f"{COACH}@~1.0", messages=messages, max_tokens=8, temperature=0)
     assert pinned.model == f"{COACH}@1.0.0"  # ~1.0: 1.0.x only
