@@ -106,7 +106,7 @@ def create_app(
                 schema.CompletionChoice(
                     index=c.index,
                     text=c.text,
-                    logprobs=_completion_logprobs(service, c.tokens, 0, len(c.text)) if with_logprobs else None,
+                    logprobs=_completion_logprobs(service, c.tokens, c.offsets) if with_logprobs else None,
                     finish_reason=c.finish_reason,
                 )
                 for c in choices
@@ -126,10 +126,8 @@ def create_app(
         target, inputs = await run_in_threadpool(prepare)
         top = (body.top_logprobs or 0) if body.logprobs else None
         max_tokens = service.max_tokens(target, inputs, body.requested_max_tokens(), max_tokens_limit)
-        run = service.start(
-            target, inputs, _params(body, max_tokens, top), n=body.n, stop=body.stop_strings(),
-            loop=asyncio.get_running_loop(),
-        )  # fmt: skip
+        params = _params(body, max_tokens, top)
+        run = service.start(target, inputs, params, n=body.n, stop=body.stop_strings(), loop=asyncio.get_running_loop())
         metrics.request(target.name)
         meta = _meta("chatcmpl", target.name)
         if body.stream:
@@ -250,9 +248,10 @@ def _completion_events(
     offsets = [0] * len(run.generations)
 
     def shape(piece: Piece) -> list[BaseModel]:
-        start = offsets[piece.index]
+        logprobs = None
+        if with_logprobs:
+            logprobs = _completion_logprobs(service, piece.tokens, [offsets[piece.index]] * len(piece.tokens))
         offsets[piece.index] += len(piece.text)
-        logprobs = _completion_logprobs(service, piece.tokens, start, offsets[piece.index]) if with_logprobs else None
         choice = schema.CompletionChoice(
             index=piece.index, text=piece.text, logprobs=logprobs, finish_reason=piece.finish_reason
         )
@@ -290,19 +289,16 @@ def _chat_events(
     return _events(run, shape, final if include_usage else None)
 
 
-def _completion_logprobs(service: Service, tokens: Sequence[Token], start: int, end: int) -> schema.CompletionLogprobs:
-    """The legacy completions ``logprobs`` object for tokens whose text spans ``start:end`` of the choice's text
-    (a token's offset: the start plus its predecessors' texts, at most ``end``)."""
-    texts = [service.token_text(t.id) for t in tokens]
-    offsets, at = [], start
-    for text in texts:
-        offsets.append(min(at, end))
-        at += len(text)
+def _completion_logprobs(
+    service: Service, tokens: Sequence[Token], offsets: Sequence[int]
+) -> schema.CompletionLogprobs:
+    """The legacy completions ``logprobs`` object. A token's offset is where the text that came out with it starts
+    in the choice's text (tokens whose text was held back together share one)."""
     return schema.CompletionLogprobs(
-        tokens=texts,
+        tokens=[service.token_text(t.id) for t in tokens],
         token_logprobs=[t.logprob for t in tokens],
         top_logprobs=[{service.token_text(i): lp for i, lp in t.top_logprobs} for t in tokens],
-        text_offset=offsets,
+        text_offset=list(offsets),
     )
 
 

@@ -50,6 +50,7 @@ class Choice:
     index: int
     text: str = ""
     tokens: list[Token] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # per token: where the text that came out with it starts
     finish_reason: str | None = None
 
 
@@ -349,6 +350,7 @@ def _stop_check(tokenizer: Any, input_ids: Sequence[int], stop: Sequence[str]) -
 
 
 def _append(choice: Choice, piece: Piece) -> None:
+    choice.offsets.extend([len(choice.text)] * len(piece.tokens))
     choice.text += piece.text
     choice.tokens.extend(piece.tokens)
     choice.finish_reason = piece.finish_reason or choice.finish_reason
