@@ -106,3 +106,43 @@ class BaseModelLoadError(PeftExtError, OSError):
 
 class DatasetError(PeftExtError, ValueError):
     """A training data file that is empty, has no text column, or cannot be decoded."""
+
+
+class ServerBusyError(PeftExtError, RuntimeError):
+    """The server's request queue is full: retry after a moment (HTTP 429 with ``Retry-After``)."""
+
+
+class ServerStoppingError(PeftExtError, RuntimeError):
+    """The server is shutting down and takes no new requests (HTTP 503)."""
+
+
+class ContextLengthError(InvalidRequestError):
+    """A request whose soft prompt, input and ``max_tokens`` together exceed the base model's context length."""
+
+
+class ChatTemplateError(InvalidRequestError):
+    """A chat request to a model whose tokenizer has no chat template, or messages its template cannot render."""
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """An OpenAI request parameter this server does not implement, set to a value that would change the answer."""
+
+
+class RequestTooLargeError(PeftExtError, ValueError):
+    """A request body over the server's size limit (HTTP 413)."""
+
+
+class AuthenticationError(PeftExtError, PermissionError):
+    """A request without the server's API key, or with a wrong one (HTTP 401). The message never holds a key."""
+
+
+class GenerationError(PeftExtError, RuntimeError):
+    """The model failed while generating a request's tokens: a fault of the server, not of the request (HTTP 500)."""
+
+
+class ServerBindError(PeftExtError, OSError):
+    """The server cannot listen on the host and port asked for (in use, not this machine's, not allowed)."""
+
+
+class MissingExtraError(PeftExtError, ImportError):
+    """A feature whose optional packages are not installed; the message names the extra to install."""

@@ -141,6 +141,10 @@ class MultiPromptModel:
                 return self._prompts[name]
         raise AdapterNotFoundError(f"No soft prompt named {name!r}; loaded: {self.names}.")
 
+    def row_prompt(self, name: str) -> Prompt:
+        """The engine's :class:`Prompt` for rows using ``name`` (its KV-cache key and tensor): what a server batches."""
+        return self._get(name).as_prompt(name)
+
     def kv_cache_stats(self) -> KVCacheStats:
         return self.kv_cache.stats()
 
@@ -162,9 +166,7 @@ class MultiPromptModel:
         if len(adapters) != batch:
             raise InvalidRequestError(f"adapters needs one name per row ({batch} rows), got {len(adapters)}.")
         prompts = {
-            name: self._get(name).as_prompt(name)
-            for name in dict.fromkeys(adapters)
-            if name is not None and name != BASE_ADAPTER
+            name: self.row_prompt(name) for name in dict.fromkeys(adapters) if name is not None and name != BASE_ADAPTER
         }
         return [None if name is None or name == BASE_ADAPTER else prompts[name] for name in adapters]
 

@@ -23,6 +23,8 @@ def _run(code: str) -> str:
 
 
 HEAVY = "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)"
+# The serve extra: only a running server needs it.
+HTTP = "sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client', 'pydantic') if m in sys.modules)"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,17 @@ HEAVY = "sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules
 )
 def test_light_imports_load_no_torch(code):
     assert _run(f"import sys\n{code}\nprint({HEAVY})") == "[]"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from peft_ext.cli import build_parser; build_parser().format_help()",
+        "from peft_ext.serving.cli import main, register_serve, register_generate",
+    ],
+)
+def test_the_serve_command_loads_nothing_heavy_until_it_runs(code):
+    assert _run(f"import sys\n{code}\nprint({HEAVY} + {HTTP})") == "[]"
 
 
 @pytest.mark.parametrize(

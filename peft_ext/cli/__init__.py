@@ -22,7 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command's handler; a user error is one line on stderr (exit code 2)."""
+    args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except PeftExtError as error:

@@ -1,0 +1,278 @@
+"""Open-loop load on `peft-ext serve`: Poisson arrivals of streamed completions over 16 soft prompts.
+
+Three servers on the embedded default model, each behind the same OpenAI Completions API on 127.0.0.1:
+  (a) ours: continuous batching, a different prompt per row, prompt keys/values cached;
+  (b) stock PEFT, one request at a time: ``set_adapter`` + ``generate`` on a PeftModel holding the 16 prompts as
+      PROMPT_TUNING adapters (stock ``generate`` is wrong from transformers 5.24 on, so it runs through
+      ``peft_ext.use_exact_generate``, which computes what stock generate computed before: one prefill with the
+      prompt, then cached decoding);
+  (c) the ceiling: the bare base model served by our server, the requests naming the base (no prompts).
+Load levels are fractions of (a)'s measured capacity: light (0.2x), half (0.5x) and saturation (1.5x). Reported per
+server and level: throughput (generated tokens/s), p50/p99 latency and time to first token; ratios in JSON. A
+script, not a timed test: its figures depend on the machine; only the ratios, measured side by side, mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib.resources import files
+from typing import Any
+
+import httpx
+import torch
+from common import write_result
+from peft import PromptTuningConfig, get_peft_model
+
+from peft_ext import use_exact_generate
+from peft_ext.cli.base_models import load_base_model
+from peft_ext.serving.server import Server, bind
+from peft_ext.serving.service import Service
+
+PROMPTS, PROMPT_TOKENS, MAX_TOKENS = 16, 20, 16
+LEVELS = {"light": 0.2, "half": 0.5, "saturation": 1.5}
+
+
+def texts(count: int) -> list[str]:
+    quotes = json.loads(files("inspiring_quotes").joinpath("quotes_list.json").read_text(encoding="utf-8"))
+    return [item["quote"][:100] for item in quotes[:count]]
+
+
+def prompt_tensors(base: Any) -> dict[str, torch.Tensor]:
+    """16 prompts of 20 vocabulary embeddings each (what a vocab init starts from), fixed by a seed."""
+    generator = torch.Generator().manual_seed(0)
+    weight = base.get_input_embeddings().weight.detach()
+    return {
+        f"task{i}": weight[torch.randint(0, weight.shape[0], (PROMPT_TOKENS,), generator=generator)].clone()
+        for i in range(PROMPTS)
+    }
+
+
+def start(app_server: Any) -> Any:
+    thread = threading.Thread(target=app_server.run, daemon=True)
+    thread.start()
+    while not app_server.started:
+        time.sleep(0.05)
+    return thread
+
+
+def stock_app(tokenizer: Any, prompts: dict[str, torch.Tensor]) -> Any:
+    """(b): stock PEFT behind the same API, one request at a time."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    base, _, _ = load_base_model(show_progress=False)
+    names = list(prompts)
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=PROMPT_TOKENS)
+    model = get_peft_model(base, config, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, config)
+    with torch.no_grad():
+        for name, tensor in prompts.items():
+            model.prompt_encoder[name].embedding.weight.copy_(tensor)
+    use_exact_generate(model.eval())
+    lock = asyncio.Lock()
+    app = FastAPI()
+
+    def generate(name: str, text: str, max_tokens: int) -> list[int]:
+        model.set_adapter(name)
+        ids = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        return out[0, ids["input_ids"].shape[1] :].tolist()
+
+    @app.post("/v1/completions")
+    async def completions(body: dict[str, Any]) -> StreamingResponse:
+        async with lock:  # one request at a time, as PEFT serves one adapter at a time
+            tokens = await asyncio.to_thread(generate, body["model"], body["prompt"], body["max_tokens"])
+
+        async def events() -> Any:
+            for token in tokens:
+                yield f"data: {json.dumps({'choices': [{'text': tokenizer.decode([token])}]})}\n\n"
+            usage = {"completion_tokens": len(tokens)}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+class StockServer:
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = bind("127.0.0.1", 0)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def started(self) -> bool:
+        return bool(self._server.started)
+
+    def run(self) -> None:
+        self._server.run(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, text: str) -> dict[str, float]:
+    body = {
+        "model": model,
+        "prompt": text,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0].get("text") and first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {"latency": end - start, "ttft": (first or end) - start, "end": end, "start": start, "tokens": tokens}
+
+
+async def open_loop(url: str, models: list[str], rate: float, count: int, seed: int) -> dict[str, Any]:
+    """``count`` requests at Poisson arrivals of ``rate`` per second; each streams its completion."""
+    rng = random.Random(seed)
+    prompts = texts(count)
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        tasks = []
+        begin = time.perf_counter()
+        for i in range(count):
+            tasks.append(asyncio.create_task(one_request(client, url, rng.choice(models), prompts[i])))
+            await asyncio.sleep(rng.expovariate(rate))
+        results = await asyncio.gather(*tasks)
+    finish = max(r["end"] for r in results)
+    return {
+        "rate_per_s": rate,
+        "requests": count,
+        "throughput_tokens_per_s": sum(r["tokens"] for r in results) / (finish - begin),
+        "latency_p50_s": _percentile([r["latency"] for r in results], 50),
+        "latency_p99_s": _percentile([r["latency"] for r in results], 99),
+        "ttft_p50_s": _percentile([r["ttft"] for r in results], 50),
+        "ttft_p99_s": _percentile([r["ttft"] for r in results], 99),
+    }
+
+
+def _percentile(values: list[float], q: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def drive(url: str, models: list[str], rate: float, count: int, seed: int) -> dict[str, Any]:
+    """Run the load generator in its own process, so its parsing never competes with the servers for the GIL."""
+    command = [sys.executable, __file__, "--drive", url, "--models", ",".join(models)]
+    command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+async def unloaded(url: str, model: str, count: int = 5) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+        results = [await one_request(client, url, model, text) for text in texts(count)]
+    return {
+        "ttft_s": statistics.median(r["ttft"] for r in results),
+        "latency_s": statistics.median(r["latency"] for r in results),
+    }
+
+
+def capacity(url: str, models: list[str], concurrency: int = 32) -> float:
+    """Requests/s the server sustains when ``2 * concurrency`` requests arrive at once: what saturates it."""
+    result = drive(url, models, rate=1000.0, count=concurrency * 2, seed=1)
+    return result["throughput_tokens_per_s"] / MAX_TOKENS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=64, help="requests per load level (default 64)")
+    parser.add_argument("--drive", help=argparse.SUPPRESS)  # the load generator's own process: URL
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        print(json.dumps(asyncio.run(open_loop(args.drive, args.models.split(","), args.rate, args.count, args.seed))))
+        return
+
+    base, tokenizer, _ = load_base_model(show_progress=False)
+    prompts = prompt_tensors(base)
+    service = Service(base, tokenizer, base_name="base", max_running=32, max_queued=1024)
+    for name, tensor in prompts.items():
+        service.add(name, tensor)
+    ours = Server(service, bind("127.0.0.1", 0), log_level="warning", access_log=False)
+    stock = StockServer(stock_app(tokenizer, prompts))
+    start(ours)
+    start(stock)
+    names = list(prompts)
+
+    per_request_rate = capacity(ours.url, names)
+    result: dict[str, Any] = {
+        "setup": {
+            "prompts": PROMPTS,
+            "prompt_tokens": PROMPT_TOKENS,
+            "max_tokens": MAX_TOKENS,
+            "requests": args.requests,
+        },
+        "capacity_requests_per_s": per_request_rate,
+        "unloaded": {
+            "ours": asyncio.run(unloaded(ours.url, names[0])),
+            "stock_peft": asyncio.run(unloaded(stock.url, names[0])),
+            "bare_base": asyncio.run(unloaded(ours.url, "base")),
+        },
+        "levels": {},
+    }
+    for level, fraction in LEVELS.items():
+        rate = fraction * per_request_rate
+        result["levels"][level] = {
+            "ours": drive(ours.url, names, rate, args.requests, seed=2),
+            "bare_base": drive(ours.url, ["base"], rate, args.requests, seed=2),
+            # one request at a time: 32 are enough to measure it, and more would take minutes per level
+            "stock_peft": drive(stock.url, names, rate, min(args.requests, 32), seed=2),
+        }
+        print(level, json.dumps(result["levels"][level], indent=1))
+    saturation = result["levels"]["saturation"]
+    result["ratios"] = {
+        "saturation_throughput_vs_stock_peft": saturation["ours"]["throughput_tokens_per_s"]
+        / saturation["stock_peft"]["throughput_tokens_per_s"],
+        "saturation_throughput_vs_bare_base": saturation["ours"]["throughput_tokens_per_s"]
+        / saturation["bare_base"]["throughput_tokens_per_s"],
+        "half_load_ttft_p99_vs_unloaded": result["levels"]["half"]["ours"]["ttft_p99_s"]
+        / result["unloaded"]["ours"]["ttft_s"],
+    }
+    result["targets"] = {
+        "saturation_throughput_vs_stock_peft": ">= 8",
+        "saturation_throughput_vs_bare_base": ">= 0.85",
+        "half_load_ttft_p99_vs_unloaded": "<= 2",
+    }
+    ours.stop()
+    stock.stop()
+    write_result("serve_load", result)
+
+
+if __name__ == "__main__":
+    main()
