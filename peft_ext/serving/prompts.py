@@ -93,9 +93,8 @@ class PromptRegistry:
 
     def _pull(self, reference: str) -> str:
         import hub
-        from hub.compare import parse_spec
 
-        repo, task, constraint = parse_spec(reference)
+        repo, task, constraint = hub.parse_reference(reference)
         version = hub.resolve(repo, task, constraint, store=self.store)
         exact = f"{repo}:{task}@{version}"
         if exact not in self.prompts:
