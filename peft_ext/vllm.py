@@ -182,5 +182,6 @@ class VllmPrompts:
     def completion_request(self, name: str, token_ids: TokenIds, *, model: str, **params: Any) -> dict[str, Any]:
         """Keyword arguments for ``openai.OpenAI(base_url=vllm_url).completions.create(**request)``: ``model`` is
         the base model vLLM serves, ``params`` the usual ones (``max_tokens``, ``temperature``, ...)."""
-        extra_body = {**params.pop("extra_body", {}), "prompt_embeds": encode_prompt_embeds(self.embeds(name, token_ids))}
+        embeds = encode_prompt_embeds(self.embeds(name, token_ids))
+        extra_body = {**params.pop("extra_body", {}), "prompt_embeds": embeds}
         return {"model": model, "prompt": "", **params, "extra_body": extra_body}
