@@ -83,12 +83,15 @@ def make_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over ``WORDS`` (ids below ``VOCAB_SIZE``), padding on the left."""
+def make_tokenizer(extra_words: tuple[str, ...] = (), fill_vocab: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``WORDS`` and ``extra_words`` (ids below ``VOCAB_SIZE``), padding on the left;
+    with ``fill_vocab`` every remaining id up to ``VOCAB_SIZE`` is a word too (``w<id>``), so any id decodes."""
     vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
-    for word in WORDS:
+    for word in (*WORDS, *extra_words):
         vocab.setdefault(word, len(vocab))
     assert len(vocab) <= VOCAB_SIZE
+    for index in range(len(vocab), VOCAB_SIZE if fill_vocab else 0):
+        vocab[f"w{index}"] = index
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(

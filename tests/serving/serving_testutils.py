@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
-from tiny_models import VOCAB_SIZE, WORDS
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tiny_models import make_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from peft_ext.serving.service import Service
@@ -34,23 +33,9 @@ PATIENCE_S = 300.0  # how long a condition may take on a loaded 2-core machine b
 
 
 def make_serving_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer in which every id of the tiny models is a distinct word (the suite's ``make_tokenizer``
-    leaves ids past its words undecodable), with a chat template."""
-    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
-    for word in (*WORDS, *ROLES):
-        vocab.setdefault(word, len(vocab))
-    for index in range(len(vocab), VOCAB_SIZE):
-        vocab[f"w{index}"] = index
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="</s>",
-        bos_token="<s>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
+    """The suite's word-level tokenizer with the chat roles, every id of the tiny models a distinct word (so any
+    generated id decodes), and a chat template."""
+    tokenizer = make_tokenizer(extra_words=ROLES, fill_vocab=True)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
