@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import torch
-from common import write_result
+from common import figure, write_result
 from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import use_exact_generate
@@ -36,7 +36,8 @@ from peft_ext.cli.base_models import load_base_model
 from peft_ext.serving.server import Server, bind
 from peft_ext.serving.service import Service
 
-PROMPTS, PROMPT_TOKENS, MAX_TOKENS = 16, 20, 16
+PROMPTS, PROMPT_TOKENS = 16, 20
+MAX_TOKENS = 64  # --max-tokens; module-level so the load generator's process reads the same value
 LEVELS = {"light": 0.2, "half": 0.5, "saturation": 1.5}
 
 
@@ -186,7 +187,7 @@ def _percentile(values: list[float], q: int) -> float:
 def drive(url: str, models: list[str], rate: float, count: int, seed: int) -> dict[str, Any]:
     """Run the load generator in its own process, so its parsing never competes with the servers for the GIL."""
     command = [sys.executable, __file__, "--drive", url, "--models", ",".join(models)]
-    command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed)]
+    command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed), "--max-tokens", str(MAX_TOKENS)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -207,14 +208,17 @@ def capacity(url: str, models: list[str], concurrency: int = 32) -> float:
 
 
 def main() -> None:
+    global MAX_TOKENS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=64, help="requests per load level (default 64)")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="tokens generated per request (default 64)")
     parser.add_argument("--drive", help=argparse.SUPPRESS)  # the load generator's own process: URL
     parser.add_argument("--models", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    MAX_TOKENS = args.max_tokens
     if args.drive:
         print(json.dumps(asyncio.run(open_loop(args.drive, args.models.split(","), args.rate, args.count, args.seed))))
         return
@@ -269,9 +273,33 @@ def main() -> None:
         "saturation_throughput_vs_bare_base": ">= 0.85",
         "half_load_ttft_p99_vs_unloaded": "<= 2",
     }
+    ratios = result["ratios"]
+    result["figures"] = [
+        figure(
+            "saturation throughput vs stock PEFT",
+            ratios["saturation_throughput_vs_stock_peft"],
+            "x",
+            ">= 8",
+            ratios["saturation_throughput_vs_stock_peft"] >= 8,
+        ),
+        figure(
+            "saturation throughput vs bare base",
+            ratios["saturation_throughput_vs_bare_base"],
+            "x",
+            ">= 0.85",
+            ratios["saturation_throughput_vs_bare_base"] >= 0.85,
+        ),
+        figure(
+            "half-load p99 TTFT vs unloaded TTFT",
+            ratios["half_load_ttft_p99_vs_unloaded"],
+            "x",
+            "<= 2",
+            ratios["half_load_ttft_p99_vs_unloaded"] <= 2,
+        ),
+    ]
     ours.stop()
     stock.stop()
-    write_result("serve_load", result)
+    write_result("serve_load" if MAX_TOKENS == 64 else f"serve_load_max_tokens_{MAX_TOKENS}", result)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .adapter_io import pad_token_id
+from .evaluation import Example, collate, encode
 from .integration import score_every_label
 
 
@@ -21,20 +22,30 @@ class TrainingResult:
 
 
 class _TextDataset(torch.utils.data.Dataset):
-    """Tokenised texts, each tagged with the adapter whose prompt it trains."""
+    """Tokenised rows with their labels, each tagged with the adapter whose prompt it trains."""
 
-    def __init__(self, tokenizer: Any, texts_by_adapter: Mapping[str, Sequence[str]], max_length: int) -> None:
+    def __init__(
+        self, tokenizer: Any, texts_by_adapter: Mapping[str, Sequence[str | Example]], max_length: int
+    ) -> None:
         self.rows = [
-            (tokenizer(text, truncation=True, max_length=max_length)["input_ids"], name)
-            for name, texts in texts_by_adapter.items()
-            for text in texts
+            (*_tokenised(tokenizer, item, max_length), name)
+            for name, items in texts_by_adapter.items()
+            for item in items
         ]
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[list[int], str]:
+    def __getitem__(self, index: int) -> tuple[list[int], list[int], str]:
         return self.rows[index]
+
+
+def _tokenised(tokenizer: Any, item: str | Example, max_length: int) -> tuple[list[int], list[int]]:
+    """A text is scored whole; an :class:`Example` only on its target."""
+    if isinstance(item, Example):
+        return encode(tokenizer, item, max_length)
+    ids = tokenizer(item, truncation=True, max_length=max_length)["input_ids"]
+    return ids, list(ids)
 
 
 class _MixedAdapterCollator:
@@ -47,25 +58,16 @@ class _MixedAdapterCollator:
     def __init__(self, tokenizer: Any) -> None:
         self.pad_token_id = pad_token_id(tokenizer)  # the caller's tokenizer is left as it is
 
-    def __call__(self, rows: list[tuple[list[int], str]]) -> dict[str, Any]:
-        longest = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, (ids, _) in enumerate(rows):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": input_ids.masked_fill(attention_mask == 0, -100),
-            "adapter_names": [name for _, name in rows],
-        }
+    def __call__(self, rows: list[tuple[list[int], list[int], str]]) -> dict[str, Any]:
+        batch: dict[str, Any] = collate([(ids, labels) for ids, labels, _ in rows], self.pad_token_id)
+        batch["adapter_names"] = [name for _, _, name in rows]
+        return batch
 
 
 def train_soft_prompts(
     model: Any,
     tokenizer: Any,
-    texts: Sequence[str] | Mapping[str, Sequence[str]],
+    texts: Sequence[str | Example] | Mapping[str, Sequence[str | Example]],
     output_dir: str | os.PathLike,
     *,
     max_steps: int = -1,
@@ -82,8 +84,10 @@ def train_soft_prompts(
     """Train soft prompts of ``model`` as a causal LM; the base model stays frozen.
 
     ``texts`` is a list (trains the active adapter) or ``{adapter_name: texts}``: then batches mix rows of several
-    adapters and each row updates only its own prompt, so several prompts train in one run. ``output_dir`` receives
-    Trainer checkpoints when ``save_steps`` is set, so an interrupted run resumes with ``resume_from_checkpoint``.
+    adapters and each row updates only its own prompt, so several prompts train in one run. A text is scored whole;
+    an :class:`~peft_ext.evaluation.Example` only on its target (e.g. a class label after its text).
+    ``output_dir`` receives Trainer checkpoints when ``save_steps`` is set, so an interrupted run resumes with
+    ``resume_from_checkpoint``.
     """
     from transformers import Trainer, TrainingArguments
 

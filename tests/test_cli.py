@@ -75,3 +75,53 @@ def test_bad_strategy_is_one_line(tmp_path, tiny_tokenizer, capsys):
     model = _tiny_model_folder(tmp_path, tiny_tokenizer)
     assert main(["train", str(data), "--model", str(model), "--num-virtual-tokens", "4", "--init", "zeros"]) == 2
     assert "Unknown init 'zeros'" in capsys.readouterr().err
+
+
+def test_train_a_classifier_reports_held_out_accuracy_before_and_after(tmp_path, tiny_tokenizer, capsys):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    rows = [("be kind always", "good"), ("dream a great dream", "great"), ("hello world", "bad")] * 4
+    data, held_out = tmp_path / "train.jsonl", tmp_path / "test.csv"
+    data.write_text("\n".join(json.dumps({"text": text, "label": label}) for text, label in rows))
+    held_out.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows[:3]))
+    args = ["train", str(data), "--model", str(model), "--label-column", "label", "--eval", str(held_out)]
+    args += [
+        "--num-virtual-tokens",
+        "4",
+        "--init",
+        "labels",
+        "--steps",
+        "8",
+        "--lr",
+        "0.3",
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    held = summary["eval"]
+    assert held["metric"] == "accuracy" and held["examples"] == 3
+    # The labels init takes its words from the data; training on the very rows evaluated must reach all three.
+    assert held["after"] == 1.0 and held["after"] >= held["before"]
+    assert f"held-out accuracy on 3 rows of {held_out}" in capsys.readouterr().out
+
+
+def test_train_reports_held_out_loss_of_texts(tmp_path, tiny_tokenizer):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
+    data.write_text("be kind always\ndream a great dream\n" * 4)
+    held_out.write_text("be kind always\n")
+    args = ["train", str(data), "--model", str(model), "--eval", str(held_out), "--num-virtual-tokens", "4"]
+    assert main(args + ["--steps", "6", "--lr", "0.3", "--output", str(tmp_path / "run")]) == 0
+    held = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+    assert held["metric"] == "loss" and held["after"] < held["before"]
+
+
+def test_held_out_labels_unseen_in_training_fail_before_any_training(tmp_path, tiny_tokenizer, capsys):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data, held_out = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    data.write_text('{"text": "hello world", "label": "good"}\n{"text": "be kind", "label": "bad"}\n')
+    held_out.write_text('{"text": "hello world", "label": "neutral"}\n')
+    args = ["train", str(data), "--model", str(model), "--label-column", "label", "--eval", str(held_out)]
+    assert main(args + ["--output", str(tmp_path / "run")]) == 2
+    assert "labels ['neutral'] never occur in the training data" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

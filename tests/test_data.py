@@ -26,7 +26,7 @@ def test_formats(tmp_path):
         ("bad.jsonl", b'{"text": "ok"}\n{"text": \n', r"bad.jsonl, line 2: not valid JSON"),
         ("bad.json", b'[{"text": "ok"},\n oops]', r"bad.json, line 2: not valid JSON"),
         ("latin.txt", b"fine\ncaf\xe9\n", r"latin.txt, line 2: not valid UTF-8"),
-        ("cols.csv", b"author,year\nme,2020\n", r"cols.csv: no text column"),
+        ("cols.csv", b"author,year\nme,2020\n", r"cols.csv, line 2: no text column"),
         ("cols.jsonl", b'{"author": "me"}\n', r"cols.jsonl, line 1: no text column"),
     ],
 )
@@ -66,3 +66,34 @@ def test_missing_data_file_is_not_looked_up_as_a_dataset(tmp_path):
 
     with pytest.raises(DatasetError, match=r"quotes.jsonl: no such file"):
         load_texts(str(tmp_path / "quotes.jsonl"))
+
+
+def test_labelled_rows_from_jsonl_json_and_csv(tmp_path):
+    from peft_ext.cli.data import read_labelled
+
+    (tmp_path / "a.jsonl").write_text(
+        '{"text": "great film", "label": "positive"}\n\n{"text": "dull", "label": "negative"}\n'
+    )
+    (tmp_path / "a.json").write_text('[{"review": "great film", "stars": 5}]')
+    (tmp_path / "a.csv").write_text("text,label\ngreat film,positive\n")
+    assert read_labelled(tmp_path / "a.jsonl", "label") == [("great film", "positive"), ("dull", "negative")]
+    assert read_labelled(tmp_path / "a.json", "stars", text_column="review") == [("great film", "5")]
+    assert read_labelled(tmp_path / "a.csv", "label") == [("great film", "positive")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.txt", "great film\n", r"a.txt: labelled data needs columns"),
+        ("a.jsonl", '{"text": "great film"}\n', r"a.jsonl, line 1: no column 'label'"),
+        ("b.jsonl", '{"text": "great film", "label": ""}\n', r"b.jsonl, line 1: needs both a text and a 'label'"),
+        ("c.jsonl", '"great film"\n', r"c.jsonl, line 1: expected an object with a 'label' column"),
+        ("b.csv", "text,label\n", r"b.csv: holds no labelled text"),
+    ],
+)
+def test_bad_labelled_files_name_file_and_line(tmp_path, name, content, message):
+    from peft_ext.cli.data import read_labelled
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_labelled(tmp_path / name, "label")

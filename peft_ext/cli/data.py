@@ -46,51 +46,83 @@ def _decoded(path: Path) -> str:
         raise DatasetError(f"{path}, line {line}: not valid UTF-8 (byte {error.start}).") from error
 
 
-def _jsonl_texts(path: Path, text: str, column: str | None) -> list[str]:
-    texts = []
+Row = tuple[str, Any]  # (where it is, for errors: "file, line N"; a string or an object)
+
+
+def _jsonl_rows(path: Path, text: str) -> list[Row]:
+    rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((f"{path}, line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
             raise DatasetError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
-        if isinstance(row, str):
-            texts.append(row)
-            continue
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}, line {number}: expected an object or a string, got {type(row).__name__}.")
-        texts.append(str(row[_pick_column(row, column, f"{path}, line {number}")]))
-    return texts
+    return rows
 
 
-def _json_texts(path: Path, text: str, column: str | None) -> list[str]:
+def _json_rows(path: Path, text: str) -> list[Row]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
     if not isinstance(rows, list):
         raise DatasetError(f"{path}: expected a JSON list of strings or objects.")
-    return [row if isinstance(row, str) else str(row[_pick_column(row, column, str(path))]) for row in rows]
+    return [(str(path), row) for row in rows]
 
 
-def _csv_texts(path: Path, text: str, column: str | None) -> list[str]:
+def _csv_rows(path: Path, text: str) -> list[Row]:
     reader = csv.DictReader(io.StringIO(text))
-    name = _pick_column(reader.fieldnames or [], column, str(path))
-    return [row[name] for row in reader if row.get(name)]
+    if not reader.fieldnames:
+        raise DatasetError(f"{path}: holds no header row.")
+    return [(f"{path}, line {reader.line_num}", row) for row in reader]
+
+
+def _txt_rows(path: Path, text: str) -> list[Row]:
+    return [(f"{path}, line {number}", line) for number, line in enumerate(text.splitlines(), start=1)]
+
+
+def _rows(path: Path) -> list[Row]:
+    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}
+    return readers.get(path.suffix.lower(), _txt_rows)(path, _decoded(path))
+
+
+def _text_of(where: str, row: Any, column: str | None) -> str:
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected an object or a string, got {type(row).__name__}.")
+    value = row[_pick_column(row, column, where)]
+    return "" if value is None else str(value)
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     """Texts of a ``.txt`` (one per line), ``.jsonl``, ``.json`` or ``.csv`` file."""
     path = Path(path)
-    text = _decoded(path)
-    readers = {".jsonl": _jsonl_texts, ".json": _json_texts, ".csv": _csv_texts}
-    reader = readers.get(path.suffix.lower())
-    texts = reader(path, text, text_column) if reader else [line for line in text.splitlines()]
-    texts = [t.strip() for t in texts if t and t.strip()]
+    texts = [_text_of(where, row, text_column).strip() for where, row in _rows(path)]
+    texts = [text for text in texts if text]
     if not texts:
         raise DatasetError(f"{path}: holds no text to train on.")
     return texts
+
+
+def read_labelled(path: str | Path, label_column: str, text_column: str | None = None) -> list[tuple[str, str]]:
+    """``(text, label)`` pairs of a ``.jsonl``, ``.json`` or ``.csv`` file whose rows have a label column."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise DatasetError(f"{path}: labelled data needs columns; use a .jsonl, .json or .csv file.")
+    pairs = []
+    for where, row in _rows(path):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected an object with a {label_column!r} column.")
+        label = str(row[_pick_column(row, label_column, where)] or "").strip()
+        text = _text_of(where, row, text_column).strip()
+        if not text or not label:
+            raise DatasetError(f"{where}: needs both a text and a {label_column!r} label.")
+        pairs.append((text, label))
+    if not pairs:
+        raise DatasetError(f"{path}: holds no labelled text.")
+    return pairs
 
 
 def dataset_texts(name: str, split: str = "train", text_column: str | None = None) -> list[str]:

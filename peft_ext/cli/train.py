@@ -22,6 +22,20 @@ def register(commands: Any) -> None:
     data.add_argument("data", help="A .txt (one text per line), .jsonl, .json or .csv file, or a datasets name.")
     data.add_argument("--text-column", help="Column holding the text (default: text, prompt, quote, content, ...).")
     data.add_argument("--max-length", type=int, default=64, help="Tokens kept per text (default 64).")
+    data.add_argument(
+        "--label-column",
+        help="Train a classifier: the column holding each row's label. The prompt learns to answer the label after "
+        "'<text>\\n<label prompt>'.",
+    )
+    data.add_argument(
+        "--label-prompt", default="Label:", help="What follows each text before its label (default Label:)."
+    )
+    data.add_argument(
+        "--eval",
+        metavar="FILE",
+        help="Held-out rows in the training data's format: reports their loss, or with --label-column the accuracy "
+        "of choosing their label, before and after training.",
+    )
     model = parser.add_argument_group("model and prompt")
     model.add_argument("--model", help="Base model: Hugging Face id or local folder (default: embedded SmolLM2-135M).")
     model.add_argument(
@@ -63,13 +77,47 @@ def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
         tokenizer=tokenizer,  # used by the inits that need one (text, labels)
-        label_words=[w.strip() for w in args.label_words.split(",")] if args.label_words else None,
+        label_words=_label_words(args),
         init_adapter=args.init_adapter,
         init_seed=args.init_seed,
         num_anchor_tokens=args.anchors,
         reparameterization=args.reparameterization,
         encoder_hidden_size=args.encoder_hidden_size,
     )
+
+
+def _label_words(args: argparse.Namespace) -> list[str] | None:
+    if args.label_words:
+        return [word.strip() for word in args.label_words.split(",")]
+    return [choice.strip() for choice in args.choices] if args.choices else None  # --init labels: the data's labels
+
+
+def _rows(args: argparse.Namespace, source: str, held_out: bool = False) -> list[Any]:
+    """Texts (scored whole), or with ``--label-column`` one :class:`Example` per row: the label after its text."""
+    from ..evaluation import Example
+    from .data import load_texts, read_labelled
+
+    if not args.label_column:
+        texts = load_texts(source, args.text_column)
+        return [Example("", text) for text in texts] if held_out else texts
+    pairs = read_labelled(source, args.label_column, args.text_column)
+    return [Example(f"{text}\n{args.label_prompt}", f" {label}") for text, label in pairs]
+
+
+def _evaluate(model: Any, tokenizer: Any, rows: list[Any], args: argparse.Namespace) -> float:
+    from ..evaluation import accuracy, mean_loss
+
+    model.eval()
+    if args.choices:
+        return accuracy(model, tokenizer, rows, args.choices, max_length=args.max_length)
+    return mean_loss(model, tokenizer, rows, max_length=args.max_length)
+
+
+def _card_metrics(losses: list[float], held_out: dict[str, Any] | None) -> dict[str, float] | None:
+    metrics = {"final_loss": losses[-1]} if losses else {}
+    if held_out:
+        metrics[f"held_out_{held_out['metric']}"] = held_out["after"]
+    return metrics or None
 
 
 def _publisher() -> Any:
@@ -84,14 +132,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..training import train_soft_prompts
     from .base_models import load_base_model
-    from .data import load_texts
     from .plots import plot_losses
 
-    texts = load_texts(args.data, args.text_column)  # before the model: bad data fails fast
+    texts = _rows(args, args.data)  # before the model: bad data fails fast
+    args.choices = sorted({row.target for row in texts}) if args.label_column else None  # the labels seen
+    if args.choices is not None and len(args.choices) < 2:
+        raise InvalidConfigError(f"{args.data}: --label-column {args.label_column} needs at least two labels.")
+    held_out = _rows(args, args.eval, held_out=True) if args.eval else None
+    unknown = sorted({row.target.strip() for row in held_out or []} - {c.strip() for c in args.choices or []})
+    if args.label_column and unknown:
+        raise InvalidConfigError(f"{args.eval}: labels {unknown} never occur in the training data {args.data}.")
     publish = _publisher() if args.push else None
     base, tokenizer, info = load_base_model(args.model)
     model = get_peft_model(base, _config(args, tokenizer))
     model.print_trainable_parameters()
+    before = _evaluate(model, tokenizer, held_out, args) if held_out else None
     start = time.perf_counter()
     result = train_soft_prompts(
         model,
@@ -119,6 +174,16 @@ def run(args: argparse.Namespace) -> int:
         "adapter": adapter_dir,
         "loss_plot": plot,
     }
+    if held_out:
+        metric = "accuracy" if args.choices else "loss"
+        after = _evaluate(model, tokenizer, held_out, args)
+        summary["eval"] = {
+            "file": args.eval,
+            "examples": len(held_out),
+            "metric": metric,
+            "before": before,
+            "after": after,
+        }
     if publish is not None:
         task = args.task or os.path.splitext(os.path.basename(args.data))[0]
         summary["pushed"] = publish(
@@ -130,12 +195,15 @@ def run(args: argparse.Namespace) -> int:
             store_root=args.store_root,
             base_model=base,
             tokenizer=tokenizer,
-            metrics={"final_loss": result.losses[-1]} if result.losses else None,
+            metrics=_card_metrics(result.losses, summary.get("eval")),
         )
     with open(os.path.join(args.output, "summary.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
     first, last = (result.losses[0], result.losses[-1]) if result.losses else (float("nan"),) * 2
     print(f"trained {result.steps} steps: loss {first:.3f} -> {last:.3f}; adapter in {adapter_dir}; plot {plot}")
+    if "eval" in summary:
+        e = summary["eval"]
+        print(f"held-out {e['metric']} on {e['examples']} rows of {e['file']}: {e['before']:.4g} -> {e['after']:.4g}")
     if "pushed" in summary:
         print(f"pushed {summary['pushed']}")
     return 0

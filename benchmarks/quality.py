@@ -1,0 +1,338 @@
+"""Learning quality: how much each soft-prompt method learns in 60 steps of 8 on the embedded default model.
+
+Two tasks from packaged data (``quality_tasks.py``): topic classification of prompts (held-out accuracy) and
+motivational quotes (held-out loss). Contenders: zero-shot; stock PEFT prompt tuning (random, sample-vocab and text
+init) and P-tuning (MLP); peft_ext's inits and reparameterizations. Every trained contender gets the same batches, the
+same optimiser (AdamW, the learning rate given per contender, constant) and the same number of steps; each is run over
+3 seeds (init and batch order), evaluated every 15 steps. Each step's cost is measured apart, alternating contenders on
+one batch, and compared with the PEFT method it matches.
+
+A script, not a test. Runs are appended to ``results/quality_runs.jsonl`` as they finish and skipped when found there,
+so a long run can stop and resume (a run is keyed by task, contender, seed and the protocol). Writes
+``results/quality.json`` and ``results/quality.png``.
+
+    .venv/bin/python benchmarks/quality.py [--tasks topics,quotes] [--contenders NAME,...] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from common import RESULTS, alternate, figure, write_result
+from peft import PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
+from quality_tasks import TASKS, Task
+from tqdm.auto import tqdm
+
+from peft_ext import SoftPromptConfig
+from peft_ext.adapter_io import pad_token_id
+from peft_ext.cli.base_models import load_base_model
+from peft_ext.evaluation import accuracy, collate, encode, mean_loss
+
+STEPS, BATCH, TOKENS, LR, MAX_LENGTH = 60, 8, 16, 3e-2, 48
+EVAL_EVERY = 15
+PROTOCOL = {
+    "steps": STEPS,
+    "batch": BATCH,
+    "num_virtual_tokens": TOKENS,
+    "max_length": MAX_LENGTH,
+    "optimizer": "AdamW",
+}
+RUNS = RESULTS / "quality_runs.jsonl"
+
+
+@dataclass(frozen=True)
+class Contender:
+    family: str  # "peft", "peft_ext" or "none"
+    config: Callable[[Task, Any], Any] | None  # (task, tokenizer) -> a PEFT config; None for zero-shot
+    lr: float = LR
+    needs_choices: bool = False  # a label init: classification only
+    matches: str | None = None  # the PEFT contender whose training step this one's cost is compared with
+
+
+def _peft(**kwargs: Any) -> Callable[[Task, Any], Any]:
+    return lambda task, tokenizer: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, **kwargs)
+
+
+def _peft_text(task: Task, tokenizer: Any) -> Any:
+    return PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=TOKENS,
+        prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text=task.init_text,
+        tokenizer_name_or_path=tokenizer.name_or_path,  # the converted local folder: no download
+    )
+
+
+def _p_tuning(task: Task, tokenizer: Any) -> Any:
+    return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, encoder_hidden_size=576)
+
+
+def _ours(**kwargs: Any) -> Callable[[Task, Any], Any]:
+    def build(task: Task, tokenizer: Any) -> Any:
+        text = {"init_text": task.init_text, "text_length_policy": "repeat"} if kwargs.get("init") == "text" else {}
+        labels = {"label_words": [c.strip() for c in task.choices or []]} if kwargs.get("init") == "labels" else {}
+        return SoftPromptConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, tokenizer=tokenizer, **text, **labels, **kwargs
+        )
+
+    return build
+
+
+def _frequent(task: Task, tokenizer: Any, pool: int = 256) -> list[int]:
+    """``TOKENS`` distinct ids drawn (global seed) from the ``pool`` tokens most frequent in the training rows."""
+    counts = collections.Counter(
+        token
+        for example in task.train
+        for token in tokenizer(example.context + example.target, add_special_tokens=False)["input_ids"]
+    )
+    common = [token for token, _ in counts.most_common(pool)]
+    return [common[i] for i in torch.randperm(len(common))[:TOKENS].tolist()]
+
+
+def _ours_frequent(**kwargs: Any) -> Callable[[Task, Any], Any]:
+    def build(task: Task, tokenizer: Any) -> Any:
+        return _ours(init="vocab", init_token_ids=_frequent(task, tokenizer), **kwargs)(task, tokenizer)
+
+    return build
+
+
+CONTENDERS: dict[str, Contender] = {
+    "zero-shot": Contender("none", None),
+    "PEFT prompt tuning: random": Contender("peft", _peft()),
+    "PEFT prompt tuning: sample-vocab": Contender("peft", _peft(prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)),
+    "PEFT prompt tuning: text": Contender("peft", _peft_text),
+    "PEFT P-tuning: MLP": Contender("peft", _p_tuning),
+    "random": Contender("peft_ext", _ours(init="random"), matches="PEFT prompt tuning: random"),
+    "vocab": Contender("peft_ext", _ours(init="vocab"), matches="PEFT prompt tuning: sample-vocab"),
+    "text": Contender("peft_ext", _ours(init="text"), matches="PEFT prompt tuning: text"),
+    "labels": Contender("peft_ext", _ours(init="labels"), needs_choices=True, matches="PEFT prompt tuning: random"),
+    "text + residual": Contender("peft_ext", _ours(init="text", reparameterization="residual")),
+    "vocab + mlp": Contender("peft_ext", _ours(init="vocab", reparameterization="mlp"), matches="PEFT P-tuning: MLP"),
+    "vocab + lstm": Contender("peft_ext", _ours(init="vocab", reparameterization="lstm")),
+    # candidates measured before they become strategies
+    "frequent (data tokens)": Contender("peft_ext", _ours_frequent()),
+    "text (lr 0.01)": Contender("peft_ext", _ours(init="text"), lr=1e-2),
+    "text (lr 0.1)": Contender("peft_ext", _ours(init="text"), lr=1e-1),
+}
+
+
+def _key(task: str, contender: str, seed: int) -> str:
+    lr = CONTENDERS[contender].lr
+    return json.dumps({"task": task, "contender": contender, "seed": seed, "lr": lr, **PROTOCOL}, sort_keys=True)
+
+
+def _done() -> dict[str, dict[str, Any]]:
+    if not RUNS.exists():
+        return {}
+    runs = [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {run["key"]: run for run in runs}
+
+
+def _evaluate(model: Any, tokenizer: Any, task: Task) -> float:
+    model.eval()
+    if task.choices is not None:
+        return accuracy(model, tokenizer, task.test, task.choices, max_length=MAX_LENGTH)
+    return mean_loss(model, tokenizer, task.test, max_length=MAX_LENGTH)
+
+
+def _batches(task: Task, tokenizer: Any, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The ``STEPS`` training batches of one seed: the training rows shuffled per epoch, in order."""
+    rng, order = random.Random(seed), []
+    while len(order) < STEPS * BATCH:
+        epoch = list(range(len(task.train)))
+        rng.shuffle(epoch)
+        order += epoch
+    pad_id = pad_token_id(tokenizer)
+    rows = [encode(tokenizer, task.train[i], MAX_LENGTH) for i in order]
+    return [collate(rows[s * BATCH : (s + 1) * BATCH], pad_id) for s in range(STEPS)]
+
+
+def _model(contender: Contender, task: Task, seed: int) -> tuple[Any, Any]:
+    base, tokenizer, _ = load_base_model(show_progress=False)
+    if contender.config is None:
+        return base, tokenizer
+    torch.manual_seed(seed)  # the init's draws (PEFT's and ours follow the global seed)
+    return get_peft_model(base, contender.config(task, tokenizer)), tokenizer
+
+
+def run(task: Task, name: str, seed: int) -> dict[str, Any]:
+    contender = CONTENDERS[name]
+    model, tokenizer = _model(contender, task, seed)
+    curve = {0: _evaluate(model, tokenizer, task)}
+    seconds: list[float] = []
+    if contender.config is not None:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=contender.lr)
+        for step, batch in enumerate(tqdm(_batches(task, tokenizer, seed), desc=f"{task.name}/{name}/{seed}"), 1):
+            model.train()
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            seconds.append(time.perf_counter() - start)
+            if step % EVAL_EVERY == 0:
+                curve[step] = _evaluate(model, tokenizer, task)
+    else:
+        curve.update({step: curve[0] for step in range(EVAL_EVERY, STEPS + 1, EVAL_EVERY)})
+    curve_json = {str(step): value for step, value in curve.items()}  # as JSON keys, the same before and after a reload
+    return {"task": task.name, "contender": name, "seed": seed, "curve": curve_json, "seconds_per_step": seconds}
+
+
+def step_costs(task: Task, names: list[str]) -> dict[str, float]:
+    """Seconds of one training step per contender on the same batch, alternating contenders (median of 5)."""
+    steps = {}
+    for name in names:
+        model, tokenizer = _model(CONTENDERS[name], task, seed=0)
+        batch = _batches(task, tokenizer, seed=0)[0]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+
+        def one_step(model: Any = model, batch: Any = batch, optimizer: Any = optimizer) -> None:
+            model.train()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        steps[name] = one_step
+    return {name: statistics.median(times) for name, times in alternate(steps, repeats=5).items()}
+
+
+def summarise(runs: list[dict[str, Any]], tasks: list[Task]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for task in tasks:
+        rows: dict[str, Any] = {}
+        for name in CONTENDERS:
+            mine = [r for r in runs if r["task"] == task.name and r["contender"] == name]
+            if not mine:
+                continue
+            steps = sorted({int(s) for r in mine for s in r["curve"]})
+            values = {s: [r["curve"][str(s)] for r in mine] for s in steps}
+            final = values[steps[-1]]
+            rows[name] = {
+                "family": CONTENDERS[name].family,
+                "seeds": len(mine),
+                "final_mean": statistics.mean(final),
+                "final_std": statistics.stdev(final) if len(final) > 1 else 0.0,
+                "curve_mean": {s: statistics.mean(v) for s, v in values.items()},
+                "curve_std": {s: statistics.stdev(v) if len(v) > 1 else 0.0 for s, v in values.items()},
+            }
+        summary[task.name] = {"metric": task.metric, "contenders": rows}
+    return summary
+
+
+def _best(rows: dict[str, Any], family: str, metric: str) -> tuple[str, float] | None:
+    mine = {n: r["final_mean"] for n, r in rows.items() if r["family"] == family}
+    if not mine:
+        return None
+    name = (max if metric == "accuracy" else min)(mine, key=mine.__getitem__)
+    return name, mine[name]
+
+
+def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    result = []
+    for task_name, task in summary.items():
+        ours, peft = (
+            _best(task["contenders"], "peft_ext", task["metric"]),
+            _best(task["contenders"], "peft", task["metric"]),
+        )
+        if ours is None or peft is None:
+            continue
+        if task["metric"] == "accuracy":
+            gain = 100 * (ours[1] - peft[1])
+            result.append(
+                figure(f"{task_name}: best ours ({ours[0]}) - best PEFT ({peft[0]})", gain, "points", ">= 5", gain >= 5)
+            )
+        else:
+            result.append(
+                figure(
+                    f"{task_name}: best ours ({ours[0]}) / best PEFT ({peft[0]}) loss",
+                    ours[1] / peft[1],
+                    "x",
+                    "< 1",
+                    ours[1] < peft[1],
+                )
+            )
+    return result
+
+
+def plot(summary: dict[str, Any], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure_, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 5), squeeze=False)
+    for axis, (task_name, task) in zip(axes[0], summary.items(), strict=True):
+        for name, row in task["contenders"].items():
+            steps = sorted(int(s) for s in row["curve_mean"])
+            mean = [row["curve_mean"][s] for s in steps]
+            std = [row["curve_std"][s] for s in steps]
+            style = {"peft": "--", "none": ":", "peft_ext": "-"}[row["family"]]
+            axis.plot(steps, mean, style, marker=".", label=name)
+            axis.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                alpha=0.1,
+            )
+        axis.set(xlabel="training step (batch 8)", ylabel=f"held-out {task['metric']}", title=task_name)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure_.tight_layout()
+    figure_.savefig(path, dpi=110)
+    plt.close(figure_)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--no-cost", action="store_true", help="skip the per-step cost measurement")
+    args = parser.parse_args()
+    tasks = [TASKS[name]() for name in args.tasks.split(",")]
+    names = args.contenders.split(",")
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
+    RESULTS.mkdir(exist_ok=True)
+    done = _done()
+    for seed in range(args.seeds):  # seed by seed, so a stopped run leaves every contender measured alike
+        for task in tasks:
+            for name in names:
+                contender = CONTENDERS[name]
+                if (contender.needs_choices and task.choices is None) or (contender.config is None and seed > 0):
+                    continue
+                key = _key(task.name, name, seed)
+                if key in done:
+                    continue
+                record = {"key": key, **run(task, name, seed)}
+                with RUNS.open("a", encoding="utf-8") as file:
+                    file.write(json.dumps(record) + "\n")
+                done[key] = record
+                print(f"{task.name} / {name} / seed {seed}: {record['curve']}")
+    current = [r for r in done.values() if r["contender"] in CONTENDERS]
+    runs = [r for r in current if r["key"] == _key(r["task"], r["contender"], r["seed"])]  # this protocol's runs
+    summary = summarise(runs, tasks)
+    result: dict[str, Any] = {"protocol": {**PROTOCOL, "eval_every": EVAL_EVERY, "seeds": args.seeds}, "tasks": summary}
+    if not args.no_cost:
+        trained = [n for n in names if CONTENDERS[n].config is not None and not CONTENDERS[n].needs_choices]
+        costs = step_costs(tasks[0], trained)
+        result["seconds_per_step"] = costs
+        result["cost_vs_matching_peft"] = {
+            n: costs[n] / costs[CONTENDERS[n].matches] for n in trained if CONTENDERS[n].matches in costs
+        }
+    result["figures"] = figures(summary)
+    plot(summary, RESULTS / "quality.png")
+    write_result("quality", result)
+
+
+if __name__ == "__main__":
+    main()
