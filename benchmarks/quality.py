@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-cost", action="store_true", help="skip the per-step cost measurement")
+    parser.add_argument("--report", action="store_true", help="only summarise the runs recorded so far (no training)")
     args = parser.parse_args()
     tasks = [TASKS[name]() for name in args.tasks.split(",")]
     names = args.contenders.split(",")
@@ -304,7 +305,8 @@ def main() -> None:
         parser.error(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
     RESULTS.mkdir(exist_ok=True)
     done = _done()
-    for seed in range(args.seeds):  # seed by seed, so a stopped run leaves every contender measured alike
+    # seed by seed, so that a stopped run leaves every contender measured alike
+    for seed in range(0 if args.report else args.seeds):
         for task in tasks:
             for name in names:
                 contender = CONTENDERS[name]
@@ -322,7 +324,7 @@ def main() -> None:
     runs = [r for r in current if r["key"] == _key(r["task"], r["contender"], r["seed"])]  # this protocol's runs
     summary = summarise(runs, tasks)
     result: dict[str, Any] = {"protocol": {**PROTOCOL, "eval_every": EVAL_EVERY, "seeds": args.seeds}, "tasks": summary}
-    if not args.no_cost:
+    if not (args.no_cost or args.report):
         trained = [n for n in names if CONTENDERS[n].config is not None and not CONTENDERS[n].needs_choices]
         costs = step_costs(tasks[0], trained)
         result["seconds_per_step"] = costs
