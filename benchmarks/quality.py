@@ -12,6 +12,7 @@ so a long run can stop and resume (a run is keyed by task, contender, seed and t
 ``results/quality.json`` and ``results/quality.png``.
 
     .venv/bin/python benchmarks/quality.py [--tasks topics,quotes] [--contenders NAME,...] [--seeds 3]
+    .venv/bin/python benchmarks/quality.py --no-training [--no-cost]   # report what is recorded so far
 """
 
 from __future__ import annotations
@@ -296,7 +297,9 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-cost", action="store_true", help="skip the per-step cost measurement")
-    parser.add_argument("--report", action="store_true", help="only summarise the runs recorded so far (no training)")
+    parser.add_argument(
+        "--no-training", action="store_true", help="train nothing: summarise the runs recorded so far (and cost)"
+    )
     args = parser.parse_args()
     tasks = [TASKS[name]() for name in args.tasks.split(",")]
     names = args.contenders.split(",")
@@ -306,7 +309,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     done = _done()
     # seed by seed, so that a stopped run leaves every contender measured alike
-    for seed in range(0 if args.report else args.seeds):
+    for seed in range(0 if args.no_training else args.seeds):
         for task in tasks:
             for name in names:
                 contender = CONTENDERS[name]
@@ -324,8 +327,9 @@ def main() -> None:
     runs = [r for r in current if r["key"] == _key(r["task"], r["contender"], r["seed"])]  # this protocol's runs
     summary = summarise(runs, tasks)
     result: dict[str, Any] = {"protocol": {**PROTOCOL, "eval_every": EVAL_EVERY, "seeds": args.seeds}, "tasks": summary}
-    if not (args.no_cost or args.report):
-        trained = [n for n in names if CONTENDERS[n].config is not None and not CONTENDERS[n].needs_choices]
+    if not args.no_cost:
+        fits = [n for n in names if tasks[0].choices is not None or not CONTENDERS[n].needs_choices]
+        trained = [n for n in fits if CONTENDERS[n].config is not None]
         costs = step_costs(tasks[0], trained)
         result["seconds_per_step"] = costs
         result["cost_vs_matching_peft"] = {
