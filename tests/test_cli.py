@@ -125,3 +125,13 @@ def test_held_out_labels_unseen_in_training_fail_before_any_training(tmp_path, t
     assert main(args + ["--output", str(tmp_path / "run")]) == 2
     assert "labels ['neutral'] never occur in the training data" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_single_label_is_refused_before_any_training(tmp_path, tiny_tokenizer, capsys):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello world", "label": "good"}\n{"text": "be kind", "label": "good"}\n')
+    args = ["train", str(data), "--model", str(model), "--label-column", "label", "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert "--label-column label needs at least two labels" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

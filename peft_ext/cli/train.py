@@ -67,7 +67,7 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
+def _config(args: argparse.Namespace, tokenizer: Any, choices: list[str] | None) -> Any:
     from ..soft_prompt import SoftPromptConfig
 
     return SoftPromptConfig(
@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
         tokenizer=tokenizer,  # used by the inits that need one (text, labels)
-        label_words=_label_words(args),
+        label_words=_label_words(args, choices),
         init_adapter=args.init_adapter,
         init_seed=args.init_seed,
         num_anchor_tokens=args.anchors,
@@ -86,10 +86,10 @@ def _config(args: argparse.Namespace, tokenizer: Any) -> Any:
     )
 
 
-def _label_words(args: argparse.Namespace) -> list[str] | None:
+def _label_words(args: argparse.Namespace, choices: list[str] | None) -> list[str] | None:
     if args.label_words:
         return [word.strip() for word in args.label_words.split(",")]
-    return [choice.strip() for choice in args.choices] if args.choices else None  # --init labels: the data's labels
+    return [choice.strip() for choice in choices] if choices else None  # --init labels: the data's labels
 
 
 def _rows(args: argparse.Namespace, source: str, held_out: bool = False) -> list[Any]:
@@ -104,13 +104,14 @@ def _rows(args: argparse.Namespace, source: str, held_out: bool = False) -> list
     return [Example(f"{text}\n{args.label_prompt}", f" {label}") for text, label in pairs]
 
 
-def _evaluate(model: Any, tokenizer: Any, rows: list[Any], args: argparse.Namespace) -> float:
+def _evaluate(model: Any, tokenizer: Any, rows: list[Any], choices: list[str] | None, max_length: int) -> float:
+    """Accuracy of choosing each row's label among ``choices``; without choices, the mean loss of the texts."""
     from ..evaluation import accuracy, mean_loss
 
     model.eval()
-    if args.choices:
-        return accuracy(model, tokenizer, rows, args.choices, max_length=args.max_length)
-    return mean_loss(model, tokenizer, rows, max_length=args.max_length)
+    if choices:
+        return accuracy(model, tokenizer, rows, choices, max_length=max_length)
+    return mean_loss(model, tokenizer, rows, max_length=max_length)
 
 
 def _card_metrics(losses: list[float], held_out: dict[str, Any] | None) -> dict[str, float] | None:
@@ -135,18 +136,18 @@ def run(args: argparse.Namespace) -> int:
     from .plots import plot_losses
 
     texts = _rows(args, args.data)  # before the model: bad data fails fast
-    args.choices = sorted({row.target for row in texts}) if args.label_column else None  # the labels seen
-    if args.choices is not None and len(args.choices) < 2:
+    choices = sorted({row.target for row in texts}) if args.label_column else None  # the labels seen
+    if choices is not None and len(choices) < 2:
         raise InvalidConfigError(f"{args.data}: --label-column {args.label_column} needs at least two labels.")
     held_out = _rows(args, args.eval, held_out=True) if args.eval else None
-    unknown = sorted({row.target.strip() for row in held_out or []} - {c.strip() for c in args.choices or []})
-    if args.label_column and unknown:
+    unknown = sorted({row.target.strip() for row in held_out or []} - {c.strip() for c in choices or []})
+    if choices and unknown:
         raise InvalidConfigError(f"{args.eval}: labels {unknown} never occur in the training data {args.data}.")
     publish = _publisher() if args.push else None
     base, tokenizer, info = load_base_model(args.model)
-    model = get_peft_model(base, _config(args, tokenizer))
+    model = get_peft_model(base, _config(args, tokenizer, choices))
     model.print_trainable_parameters()
-    before = _evaluate(model, tokenizer, held_out, args) if held_out else None
+    before = _evaluate(model, tokenizer, held_out, choices, args.max_length) if held_out else None
     start = time.perf_counter()
     result = train_soft_prompts(
         model,
@@ -175,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
         "loss_plot": plot,
     }
     if held_out:
-        metric = "accuracy" if args.choices else "loss"
-        after = _evaluate(model, tokenizer, held_out, args)
+        metric = "accuracy" if choices else "loss"
+        after = _evaluate(model, tokenizer, held_out, choices, args.max_length)
         summary["eval"] = {
             "file": args.eval,
             "examples": len(held_out),
