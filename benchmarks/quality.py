@@ -18,7 +18,6 @@ so a long run can stop and resume (a run is keyed by task, contender, seed and t
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import random
 import statistics
@@ -81,27 +80,10 @@ def _ours(**kwargs: Any) -> Callable[[Task, Any], Any]:
     def build(task: Task, tokenizer: Any) -> Any:
         text = {"init_text": task.init_text, "text_length_policy": "repeat"} if kwargs.get("init") == "text" else {}
         labels = {"label_words": [c.strip() for c in task.choices or []]} if kwargs.get("init") == "labels" else {}
+        data = {"init_texts": [e.context + e.target for e in task.train]} if kwargs.get("init") == "frequent" else {}
         return SoftPromptConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, tokenizer=tokenizer, **text, **labels, **kwargs
+            task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, tokenizer=tokenizer, **text, **labels, **data, **kwargs
         )
-
-    return build
-
-
-def _frequent(task: Task, tokenizer: Any, pool: int = 256) -> list[int]:
-    """``TOKENS`` distinct ids drawn (global seed) from the ``pool`` tokens most frequent in the training rows."""
-    counts = collections.Counter(
-        token
-        for example in task.train
-        for token in tokenizer(example.context + example.target, add_special_tokens=False)["input_ids"]
-    )
-    common = [token for token, _ in counts.most_common(pool)]
-    return [common[i] for i in torch.randperm(len(common))[:TOKENS].tolist()]
-
-
-def _ours_frequent(**kwargs: Any) -> Callable[[Task, Any], Any]:
-    def build(task: Task, tokenizer: Any) -> Any:
-        return _ours(init="vocab", init_token_ids=_frequent(task, tokenizer), **kwargs)(task, tokenizer)
 
     return build
 
@@ -120,9 +102,11 @@ CONTENDERS: dict[str, Contender] = {
     "vocab + mlp": Contender("peft_ext", _ours(init="vocab", reparameterization="mlp"), matches="PEFT P-tuning: MLP"),
     "vocab + lstm": Contender("peft_ext", _ours(init="vocab", reparameterization="lstm")),
     # candidates measured before they become strategies
-    "frequent (data tokens)": Contender("peft_ext", _ours_frequent()),
+    "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent")),
     "text (lr 0.01)": Contender("peft_ext", _ours(init="text"), lr=1e-2),
     "text (lr 0.1)": Contender("peft_ext", _ours(init="text"), lr=1e-1),
+    "frequent + residual": Contender("peft_ext", _ours(init="frequent", reparameterization="residual")),
+    "random + residual": Contender("peft_ext", _ours(init="random", reparameterization="residual")),
 }
 
 

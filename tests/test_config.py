@@ -142,6 +142,45 @@ def test_labels_errors(tiny_tokenizer):
         )
 
 
+def _frequent_config(tokenizer, texts, **kwargs):
+    return SoftPromptConfig(task_type="CAUSAL_LM", init="frequent", init_texts=texts, tokenizer=tokenizer, **kwargs)
+
+
+def test_frequent_init_draws_the_data_s_most_frequent_tokens(tiny_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr("peft_ext.soft_prompt.strategies.FREQUENT_POOL", 3)
+    texts = ["good good bad coach i", "good bad coach want", "good bad coach act", "good bad"]
+    config = _frequent_config(tiny_tokenizer, texts, num_virtual_tokens=3, init_seed=0)
+    frequent = tiny_tokenizer("good bad coach", add_special_tokens=False)["input_ids"]
+    assert sorted(config.init_token_ids) == sorted(frequent)  # the 3 most frequent, each once
+    assert config.init_texts is None and config.to_dict()["init_texts"] is None  # the data is never saved
+    again = _frequent_config(tiny_tokenizer, texts, num_virtual_tokens=3, init_seed=0)
+    assert again.init_token_ids == config.init_token_ids  # seeded
+    model, prompt = _prompt_of(config)
+    torch.testing.assert_close(prompt, _embeddings(model, config.init_token_ids))
+    model.save_pretrained(tmp_path)  # reloads from the recorded ids, without the texts or a tokenizer
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["init"] == "frequent" and saved["init_token_ids"] == config.init_token_ids
+
+
+def test_frequent_init_cycles_a_small_vocabulary(tiny_tokenizer):
+    config = _frequent_config(tiny_tokenizer, ["good bad"], num_virtual_tokens=5, init_seed=0)
+    ids = tiny_tokenizer("good bad", add_special_tokens=False)["input_ids"]
+    assert sorted(set(config.init_token_ids)) == sorted(ids) and len(config.init_token_ids) == 5
+
+
+def test_frequent_errors(tiny_tokenizer):
+    with pytest.raises(EmptyInitTextError, match="init_texts"):
+        _frequent_config(tiny_tokenizer, None, num_virtual_tokens=3)
+    with pytest.raises(EmptyInitTextError, match="no tokens"):
+        _frequent_config(tiny_tokenizer, ["", ""], num_virtual_tokens=3)
+    with pytest.raises(InitTextLengthError, match="num_virtual_tokens"):
+        _frequent_config(tiny_tokenizer, ["good"])
+    with pytest.raises(InvalidConfigError, match="init_texts"):
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="frequent", num_virtual_tokens=3))
+    with pytest.raises(TokenizerNotAvailableError, match="tokenizer"):
+        _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="frequent", init_texts=["good"], num_virtual_tokens=3))
+
+
 def test_adapter_init_transfers_a_prompt(tmp_path):
     source = get_peft_model(make_model(), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, init_seed=4))
     source.save_pretrained(tmp_path)

@@ -46,7 +46,8 @@ class SoftPromptConfig(PromptLearningConfig):
         metadata={
             "help": "How the virtual tokens start: 'random' (normal noise), 'vocab' (embeddings of tokens sampled from "
             "the vocabulary), 'text' (embeddings of `init_text`), 'labels' (one token per class label word, averaged "
-            "over its sub-tokens; the rest sampled from the vocabulary) or 'adapter' (the prompt of an existing "
+            "over its sub-tokens; the rest sampled from the vocabulary), 'frequent' (embeddings of tokens drawn from "
+            "the 256 most frequent in `init_texts`, the training texts) or 'adapter' (the prompt of an existing "
             "soft-prompt adapter at `init_adapter`: transfer between tasks)."
         },
     )
@@ -78,11 +79,21 @@ class SoftPromptConfig(PromptLearningConfig):
     label_words: list[str] | None = field(
         default=None, metadata={"help": "Class-label words for the 'labels' init, one virtual token each."}
     )
+    init_texts: list[str] | None = field(
+        default=None,
+        repr=False,
+        compare=False,
+        metadata={
+            "help": "Training texts for the 'frequent' init, tokenised once with `tokenizer`; never saved (the token "
+            "ids drawn are, in `init_token_ids`)."
+        },
+    )
     init_adapter: str | None = field(
         default=None, metadata={"help": "Folder of a soft-prompt adapter whose prompt starts this one ('adapter')."}
     )
     init_seed: int | None = field(
-        default=None, metadata={"help": "Seed for the 'random'/'vocab' init and the 'pad' policy, for reproducibility."}
+        default=None,
+        metadata={"help": "Seed for the 'random'/'vocab'/'frequent' init and the 'pad' policy, for reproducibility."},
     )
     init_token_ids: list[int] | None = field(
         default=None,
@@ -130,7 +141,7 @@ class SoftPromptConfig(PromptLearningConfig):
                 self.tokenizer_name_or_path = str(tokenizer)
                 tokenizer = load_local_tokenizer(str(tokenizer))
             strategy.resolve(self, tokenizer)
-            self.tokenizer = None  # used once; the ids it produced are what gets saved
+            self.tokenizer = self.init_texts = None  # used once; the ids they produced are what gets saved
         strategy.complete(self)
 
     def check_model(self, model: Any) -> None:
@@ -160,7 +171,7 @@ class SoftPromptConfig(PromptLearningConfig):
 
     def to_dict(self) -> dict[str, Any]:
         result = super().to_dict()
-        result["tokenizer"] = None  # objects are never serialised; the ids they produced are
+        result["tokenizer"] = result["init_texts"] = None  # never serialised; the ids they produced are
         result["peft_type"] = SOFT_PROMPT
         for name in ("init", "text_length_policy", "reparameterization"):  # plain strings in adapter_config.json
             if isinstance(result[name], Enum):

@@ -8,6 +8,7 @@ model's input embeddings. Unseeded draws follow the global seed (``torch.manual_
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class Init(StrEnum):
     TEXT = "text"
     LABELS = "labels"
     ADAPTER = "adapter"
+    FREQUENT = "frequent"
 
 
 class LengthPolicy(StrEnum):
@@ -190,6 +192,43 @@ class TextInit(InitStrategy):
         return _embed(word_embeddings, config.init_token_ids)
 
 
+FREQUENT_POOL = 256  # the init draws from this many of the training texts' most frequent tokens
+
+
+class FrequentInit(InitStrategy):
+    """Embeddings of tokens drawn from those most frequent in the training texts (``init_texts``): the prompt starts
+    in the region of embedding space the task's own text occupies. Measured in ``benchmarks/quality.py``."""
+
+    def resolve(self, config: SoftPromptConfig, tokenizer: Any) -> None:
+        if config.init_token_ids is not None:
+            return
+        if not config.init_texts:
+            raise EmptyInitTextError("init='frequent' needs init_texts: the training texts whose tokens start it.")
+        if config.num_virtual_tokens is None:
+            raise InitTextLengthError("init='frequent' needs num_virtual_tokens.")
+        counts = collections.Counter(
+            token for text in config.init_texts for token in tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+        common = [token for token, _ in counts.most_common(FREQUENT_POOL)]
+        if not common:
+            raise EmptyInitTextError("init_texts tokenise to no tokens; pass the non-empty training texts.")
+        drawn = [common[i] for i in torch.randperm(len(common), generator=_generator(config)).tolist()]
+        config.init_token_ids = list(itertools.islice(itertools.cycle(drawn), config.num_virtual_tokens))
+
+    def check(self, config: SoftPromptConfig) -> None:
+        if config.init_token_ids is not None:
+            return
+        if not config.init_texts:
+            raise InvalidConfigError("init='frequent' needs init_texts (the training texts) and a tokenizer.")
+        raise TokenizerNotAvailableError(
+            "init='frequent' needs a tokenizer: pass tokenizer=<tokenizer object or local folder> to SoftPromptConfig."
+        )
+
+    def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
+        assert config.init_token_ids is not None  # check() refuses a frequent init without them
+        return _embed(word_embeddings, config.init_token_ids)
+
+
 class LabelsInit(InitStrategy):
     """One virtual token per class-label word (its sub-token embeddings averaged), the rest sampled from the
     vocabulary."""
@@ -262,4 +301,5 @@ INIT_STRATEGIES: dict[Init, InitStrategy] = {
     Init.TEXT: TextInit(),
     Init.LABELS: LabelsInit(),
     Init.ADAPTER: AdapterInit(),
+    Init.FREQUENT: FrequentInit(),
 }
