@@ -58,6 +58,17 @@ def test_train_writes_adapter_plot_summary_and_pushes(tmp_path, tiny_tokenizer, 
     assert "pushed me/prompts:quotes@1.0.0" in capsys.readouterr().out
 
 
+def test_train_with_nothing_set_starts_from_the_data_s_frequent_tokens(tmp_path, tiny_tokenizer):
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data = tmp_path / "a.txt"
+    data.write_text("be kind always\ndream a great dream\n" * 4)
+    assert main(["train", str(data), "--model", str(model), "--steps", "1", "--output", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    words = tiny_tokenizer("be kind always dream a great", add_special_tokens=False)["input_ids"]
+    assert config["init"] == "frequent" and config["num_virtual_tokens"] == 16
+    assert set(config["init_token_ids"]) == set(words)  # 6 distinct words, cycled to 16 tokens
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": \n')

@@ -15,6 +15,9 @@ from typing import Any
 
 from ..errors import InvalidConfigError
 
+# The recipe a user who sets nothing gets: the best measured by benchmarks/quality.py (README, "Training").
+DEFAULT_INIT, DEFAULT_TOKENS = "frequent", 16
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("train", help="Train one soft prompt on a text/JSONL/JSON/CSV file or a dataset.")
@@ -39,14 +42,22 @@ def register(commands: Any) -> None:
     model = parser.add_argument_group("model and prompt")
     model.add_argument("--model", help="Base model: Hugging Face id or local folder (default: embedded SmolLM2-135M).")
     model.add_argument(
-        "--num-virtual-tokens", type=int, help="Prompt length (optional with --text-length-policy exact)."
+        "--num-virtual-tokens",
+        type=int,
+        help=f"Prompt length (default {DEFAULT_TOKENS}; --init adapter takes the adapter's, --text-length-policy "
+        "exact the text's).",
     )
-    model.add_argument("--init", default="random", help="random | vocab | text | labels | adapter (default random).")
+    model.add_argument(
+        "--init",
+        default=DEFAULT_INIT,
+        help=f"frequent (tokens frequent in the training data) | random | vocab | text | labels | adapter "
+        f"(default {DEFAULT_INIT}).",
+    )
     model.add_argument("--init-text", help="Text for --init text.")
     model.add_argument("--text-length-policy", help="repeat | truncate | pad | exact, when the text's length differs.")
     model.add_argument("--label-words", help="Comma-separated class-label words for --init labels.")
     model.add_argument("--init-adapter", help="Adapter folder to start from, for --init adapter.")
-    model.add_argument("--init-seed", type=int, help="Seed of the random/vocab init.")
+    model.add_argument("--init-seed", type=int, help="Seed of the frequent/random/vocab init.")
     model.add_argument("--anchors", type=int, default=0, help="First k virtual tokens stay fixed (default 0).")
     model.add_argument("--reparameterization", default="direct", help="direct | mlp | lstm | residual.")
     model.add_argument("--encoder-hidden-size", type=int, help="Width of the mlp/lstm/residual encoder.")
@@ -67,16 +78,18 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _config(args: argparse.Namespace, tokenizer: Any, choices: list[str] | None) -> Any:
+def _config(args: argparse.Namespace, tokenizer: Any, texts: list[Any], choices: list[str] | None) -> Any:
     from ..soft_prompt import SoftPromptConfig
 
+    tokens: Any = args.num_virtual_tokens or (None if args.init_adapter else DEFAULT_TOKENS)  # an adapter: its own
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
-        num_virtual_tokens=args.num_virtual_tokens,
+        num_virtual_tokens=tokens,
         init=args.init,
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
-        tokenizer=tokenizer,  # used by the inits that need one (text, labels)
+        tokenizer=tokenizer,  # used by the inits that need one (text, labels, frequent)
+        init_texts=[text if isinstance(text, str) else text.context + text.target for text in texts],
         label_words=_label_words(args, choices),
         init_adapter=args.init_adapter,
         init_seed=args.init_seed,
@@ -145,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidConfigError(f"{args.eval}: labels {unknown} never occur in the training data {args.data}.")
     publish = _publisher() if args.push else None
     base, tokenizer, info = load_base_model(args.model)
-    model = get_peft_model(base, _config(args, tokenizer, choices))
+    model = get_peft_model(base, _config(args, tokenizer, texts, choices))
     model.print_trainable_parameters()
     before = _evaluate(model, tokenizer, held_out, choices, args.max_length) if held_out else None
     start = time.perf_counter()
