@@ -76,11 +76,13 @@ def _p_tuning(task: Task, tokenizer: Any) -> Any:
     return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, encoder_hidden_size=576)
 
 
-def _ours(**kwargs: Any) -> Callable[[Task, Any], Any]:
+def _ours(with_data: bool = False, **kwargs: Any) -> Callable[[Task, Any], Any]:
+    """One of our configs; ``with_data``: the training texts go to the init (``init_texts``: frequent, labels)."""
+
     def build(task: Task, tokenizer: Any) -> Any:
         text = {"init_text": task.init_text, "text_length_policy": "repeat"} if kwargs.get("init") == "text" else {}
         labels = {"label_words": [c.strip() for c in task.choices or []]} if kwargs.get("init") == "labels" else {}
-        data = {"init_texts": [e.context + e.target for e in task.train]} if kwargs.get("init") == "frequent" else {}
+        data = {"init_texts": [e.context + e.target for e in task.train]} if with_data else {}
         return SoftPromptConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, tokenizer=tokenizer, **text, **labels, **data, **kwargs
         )
@@ -102,11 +104,12 @@ CONTENDERS: dict[str, Contender] = {
     "vocab + mlp": Contender("peft_ext", _ours(init="vocab", reparameterization="mlp"), matches="PEFT P-tuning: MLP"),
     "vocab + lstm": Contender("peft_ext", _ours(init="vocab", reparameterization="lstm")),
     # candidates measured before they become strategies
-    "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent")),
+    "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent", with_data=True)),
     "text (lr 0.01)": Contender("peft_ext", _ours(init="text"), lr=1e-2),
     "text (lr 0.1)": Contender("peft_ext", _ours(init="text"), lr=1e-1),
-    "frequent + residual": Contender("peft_ext", _ours(init="frequent", reparameterization="residual")),
+    "frequent + residual": Contender("peft_ext", _ours(init="frequent", reparameterization="residual", with_data=True)),
     "random + residual": Contender("peft_ext", _ours(init="random", reparameterization="residual")),
+    "labels (frequent fill)": Contender("peft_ext", _ours(init="labels", with_data=True), needs_choices=True),
 }
 
 
@@ -253,24 +256,33 @@ def plot(summary: dict[str, Any], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure_, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 5), squeeze=False)
+    names = list(dict.fromkeys(name for task in summary.values() for name in task["contenders"]))
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>pd8H"
+    look = {name: (colours[i % len(colours)], markers[i % len(markers)]) for i, name in enumerate(names)}
+    figure_, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 6), squeeze=False)
     for axis, (task_name, task) in zip(axes[0], summary.items(), strict=True):
         for name, row in task["contenders"].items():
             steps = sorted(int(s) for s in row["curve_mean"])
             mean = [row["curve_mean"][s] for s in steps]
             std = [row["curve_std"][s] for s in steps]
             style = {"peft": "--", "none": ":", "peft_ext": "-"}[row["family"]]
-            axis.plot(steps, mean, style, marker=".", label=name)
+            colour, marker = look[name]
+            axis.plot(steps, mean, style, color=colour, marker=marker, markersize=4, label=name)
             axis.fill_between(
                 steps,
                 [m - s for m, s in zip(mean, std, strict=True)],
                 [m + s for m, s in zip(mean, std, strict=True)],
-                alpha=0.1,
+                color=colour,
+                alpha=0.08,
             )
-        axis.set(xlabel="training step (batch 8)", ylabel=f"held-out {task['metric']}", title=task_name)
+        seeds = max(row["seeds"] for row in task["contenders"].values())
+        title = f"{task_name}: mean of up to {seeds} seeds (band: ±1 std); dashed: stock PEFT"
+        axis.set(xlabel="training step (batch 8)", ylabel=f"held-out {task['metric']}", title=title)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure_.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure_.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    figure_.tight_layout(rect=(0, 0.14, 1, 1))
     figure_.savefig(path, dpi=110)
     plt.close(figure_)
 

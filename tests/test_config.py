@@ -129,6 +129,24 @@ def test_labels_init_averages_sub_tokens(tiny_tokenizer):
     assert prompt.shape == (4, 32)
 
 
+def test_labels_init_fills_from_the_data_s_frequent_tokens(tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr("peft_ext.soft_prompt.strategies.FREQUENT_POOL", 2)
+    texts = ["coach coach act act i", "coach act want"]
+    config = SoftPromptConfig(
+        task_type="CAUSAL_LM",
+        init="labels",
+        label_words=["good", "bad"],
+        init_texts=texts,
+        tokenizer=tiny_tokenizer,
+        num_virtual_tokens=4,
+        init_seed=0,
+    )
+    frequent = tiny_tokenizer("coach act", add_special_tokens=False)["input_ids"]
+    assert sorted(config.init_token_ids) == sorted(frequent)  # the fill: the 2 most frequent, not the vocabulary
+    model, prompt = _prompt_of(config)
+    torch.testing.assert_close(prompt[2:], _embeddings(model, config.init_token_ids))
+
+
 def test_labels_errors(tiny_tokenizer):
     with pytest.raises(InvalidConfigError, match="label_words"):
         _prompt_of(SoftPromptConfig(task_type="CAUSAL_LM", init="labels", num_virtual_tokens=3))

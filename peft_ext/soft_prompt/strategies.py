@@ -195,6 +195,19 @@ class TextInit(InitStrategy):
 FREQUENT_POOL = 256  # the init draws from this many of the training texts' most frequent tokens
 
 
+def _frequent_ids(config: SoftPromptConfig, tokenizer: Any, count: int) -> list[int]:
+    """``count`` ids drawn from the ``FREQUENT_POOL`` tokens most frequent in ``init_texts`` (cycled if fewer)."""
+    assert config.init_texts  # the callers check
+    counts = collections.Counter(
+        token for text in config.init_texts for token in tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
+    common = [token for token, _ in counts.most_common(FREQUENT_POOL)]
+    if not common:
+        raise EmptyInitTextError("init_texts tokenise to no tokens; pass the non-empty training texts.")
+    drawn = [common[i] for i in torch.randperm(len(common), generator=_generator(config)).tolist()]
+    return list(itertools.islice(itertools.cycle(drawn), count))
+
+
 class FrequentInit(InitStrategy):
     """Embeddings of tokens drawn from those most frequent in the training texts (``init_texts``): the prompt starts
     in the region of embedding space the task's own text occupies. Measured in ``benchmarks/quality.py``."""
@@ -206,14 +219,7 @@ class FrequentInit(InitStrategy):
             raise EmptyInitTextError("init='frequent' needs init_texts: the training texts whose tokens start it.")
         if config.num_virtual_tokens is None:
             raise InitTextLengthError("init='frequent' needs num_virtual_tokens.")
-        counts = collections.Counter(
-            token for text in config.init_texts for token in tokenizer(text, add_special_tokens=False)["input_ids"]
-        )
-        common = [token for token, _ in counts.most_common(FREQUENT_POOL)]
-        if not common:
-            raise EmptyInitTextError("init_texts tokenise to no tokens; pass the non-empty training texts.")
-        drawn = [common[i] for i in torch.randperm(len(common), generator=_generator(config)).tolist()]
-        config.init_token_ids = list(itertools.islice(itertools.cycle(drawn), config.num_virtual_tokens))
+        config.init_token_ids = _frequent_ids(config, tokenizer, config.num_virtual_tokens)
 
     def check(self, config: SoftPromptConfig) -> None:
         if config.init_token_ids is not None:
@@ -230,8 +236,9 @@ class FrequentInit(InitStrategy):
 
 
 class LabelsInit(InitStrategy):
-    """One virtual token per class-label word (its sub-token embeddings averaged), the rest sampled from the
-    vocabulary."""
+    """One virtual token per class-label word (its sub-token embeddings averaged), as Lester et al. (2021); the rest
+    drawn from the tokens most frequent in ``init_texts`` when given (their fill from common vocabulary), else sampled
+    from the whole vocabulary. The fill's ids are recorded in ``init_token_ids``."""
 
     def resolve(self, config: SoftPromptConfig, tokenizer: Any) -> None:
         if config.label_token_ids is not None:
@@ -252,6 +259,8 @@ class LabelsInit(InitStrategy):
                 "raise num_virtual_tokens or pass fewer labels."
             )
         config.label_token_ids = result
+        if config.init_texts and config.num_virtual_tokens is not None and config.init_token_ids is None:
+            config.init_token_ids = _frequent_ids(config, tokenizer, config.num_virtual_tokens - len(result))
 
     def check(self, config: SoftPromptConfig) -> None:
         if config.label_token_ids is not None:
@@ -268,8 +277,9 @@ class LabelsInit(InitStrategy):
         rest = num_tokens - len(labels)
         if not rest:
             return torch.stack(labels)
-        fill = _embed(word_embeddings, _sample_vocab_ids(config, word_embeddings.weight.shape[0], rest))
-        return torch.cat([torch.stack(labels), fill])
+        if config.init_token_ids is None:
+            config.init_token_ids = _sample_vocab_ids(config, word_embeddings.weight.shape[0], rest)
+        return torch.cat([torch.stack(labels), _embed(word_embeddings, config.init_token_ids)])
 
 
 class AdapterInit(InitStrategy):
