@@ -90,6 +90,8 @@ def _ours(with_data: bool = False, **kwargs: Any) -> Callable[[Task, Any], Any]:
     return build
 
 
+MLP, VOCAB = "PEFT P-tuning: MLP", "PEFT prompt tuning: sample-vocab"
+DEFAULT = "frequent (data tokens)"  # what `peft-ext train` does when the user sets nothing (DEFAULT_INIT there)
 CONTENDERS: dict[str, Contender] = {
     "zero-shot": Contender("none", None),
     "PEFT prompt tuning: random": Contender("peft", _peft()),
@@ -100,16 +102,20 @@ CONTENDERS: dict[str, Contender] = {
     "vocab": Contender("peft_ext", _ours(init="vocab"), matches="PEFT prompt tuning: sample-vocab"),
     "text": Contender("peft_ext", _ours(init="text"), matches="PEFT prompt tuning: text"),
     "labels": Contender("peft_ext", _ours(init="labels"), needs_choices=True, matches="PEFT prompt tuning: random"),
-    "text + residual": Contender("peft_ext", _ours(init="text", reparameterization="residual")),
-    "vocab + mlp": Contender("peft_ext", _ours(init="vocab", reparameterization="mlp"), matches="PEFT P-tuning: MLP"),
+    "text + residual": Contender("peft_ext", _ours(init="text", reparameterization="residual"), matches=MLP),
+    "vocab + mlp": Contender("peft_ext", _ours(init="vocab", reparameterization="mlp"), matches=MLP),
     "vocab + lstm": Contender("peft_ext", _ours(init="vocab", reparameterization="lstm")),
-    # candidates measured before they become strategies
-    "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent", with_data=True)),
+    "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent", with_data=True), matches=VOCAB),
+    # candidates: learning rates and combinations
     "text (lr 0.01)": Contender("peft_ext", _ours(init="text"), lr=1e-2),
     "text (lr 0.1)": Contender("peft_ext", _ours(init="text"), lr=1e-1),
-    "frequent + residual": Contender("peft_ext", _ours(init="frequent", reparameterization="residual", with_data=True)),
-    "random + residual": Contender("peft_ext", _ours(init="random", reparameterization="residual")),
-    "labels (frequent fill)": Contender("peft_ext", _ours(init="labels", with_data=True), needs_choices=True),
+    "frequent + residual": Contender(
+        "peft_ext", _ours(init="frequent", reparameterization="residual", with_data=True), matches=MLP
+    ),
+    "random + residual": Contender("peft_ext", _ours(init="random", reparameterization="residual"), matches=MLP),
+    "labels (frequent fill)": Contender(
+        "peft_ext", _ours(init="labels", with_data=True), needs_choices=True, matches="PEFT prompt tuning: random"
+    ),
 }
 
 
@@ -223,31 +229,48 @@ def _best(rows: dict[str, Any], family: str, metric: str) -> tuple[str, float] |
     return name, mine[name]
 
 
+def _compare(metric: str, ours: float, peft: float) -> tuple[float, str, bool]:
+    """Our value against PEFT's: (difference in points, or loss ratio), its unit, and whether ours is at least as
+    good."""
+    if metric == "accuracy":
+        return 100 * (ours - peft), "points", ours >= peft
+    return ours / peft, "x", ours <= peft
+
+
 def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
     result = []
     for task_name, task in summary.items():
-        ours, peft = (
-            _best(task["contenders"], "peft_ext", task["metric"]),
-            _best(task["contenders"], "peft", task["metric"]),
-        )
+        rows, metric = task["contenders"], task["metric"]
+        ours, peft = _best(rows, "peft_ext", metric), _best(rows, "peft", metric)
         if ours is None or peft is None:
             continue
-        if task["metric"] == "accuracy":
-            gain = 100 * (ours[1] - peft[1])
-            result.append(
-                figure(f"{task_name}: best ours ({ours[0]}) - best PEFT ({peft[0]})", gain, "points", ">= 5", gain >= 5)
-            )
-        else:
-            result.append(
-                figure(
-                    f"{task_name}: best ours ({ours[0]}) / best PEFT ({peft[0]}) loss",
-                    ours[1] / peft[1],
-                    "x",
-                    "< 1",
-                    ours[1] < peft[1],
-                )
-            )
+        value, unit, _ = _compare(metric, ours[1], peft[1])
+        target, met = (">= 5", value >= 5) if metric == "accuracy" else ("< 1", value < 1)
+        result.append(figure(f"{task_name}: best ours ({ours[0]}) vs best PEFT ({peft[0]})", value, unit, target, met))
+        if DEFAULT in rows:
+            value, unit, met = _compare(metric, rows[DEFAULT]["final_mean"], peft[1])
+            target = ">= 0" if metric == "accuracy" else "<= 1"
+            name = f"{task_name}: peft-ext train's default ({DEFAULT}) vs best PEFT ({peft[0]})"
+            result.append(figure(name, value, unit, target, met))
     return result
+
+
+def table(summary: dict[str, Any], costs: dict[str, float] | None) -> str:
+    """A markdown table: each contender's final held-out metric (mean ± std over its seeds) per task, and its cost."""
+    names = list(dict.fromkeys(name for task in summary.values() for name in task["contenders"]))
+    head = " | ".join(f"{name} {task['metric']} (seeds)" for name, task in summary.items())
+    lines = [f"| contender | {head} | s/step | vs matching PEFT |", "|---" * (len(summary) + 3) + "|"]
+    for name in names:
+        cells = []
+        for task in summary.values():
+            row = task["contenders"].get(name)
+            cells.append(f"{row['final_mean']:.3f} ± {row['final_std']:.3f} ({row['seeds']})" if row else "n/a")
+        cost = f"{costs[name]:.2f}" if costs and name in costs else ""
+        matches = CONTENDERS[name].matches
+        ratio = f"{costs[name] / costs[matches]:.2f}x ({matches})" if costs and matches in costs else ""
+        label = f"**{name}** (default)" if name == DEFAULT else name
+        lines.append(f"| {label} | {' | '.join(cells)} | {cost} | {ratio} |")
+    return "\n".join(lines)
 
 
 def plot(summary: dict[str, Any], path: Any) -> None:
@@ -334,6 +357,7 @@ def main() -> None:
     result["figures"] = figures(summary)
     plot(summary, RESULTS / "quality.png")
     write_result("quality", result)
+    print(table(summary, result.get("seconds_per_step")))
 
 
 if __name__ == "__main__":
