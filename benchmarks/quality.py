@@ -3,9 +3,10 @@
 Two tasks from packaged data (``quality_tasks.py``): topic classification of prompts (held-out accuracy) and
 motivational quotes (held-out loss). Contenders: zero-shot; stock PEFT prompt tuning (random, sample-vocab and text
 init) and P-tuning (MLP); peft_ext's inits and reparameterizations. Every trained contender gets the same batches, the
-same optimiser (AdamW, the learning rate given per contender, constant) and the same number of steps; each is run over
-3 seeds (init and batch order), evaluated every 15 steps. Each step's cost is measured apart, alternating contenders on
-one batch, and compared with the PEFT method it matches.
+same optimiser (AdamW, the learning rate given per contender) and the same number of steps; each is run over 3 seeds
+(init and batch order), evaluated every 15 steps. The recipe is constant learning rate, no clipping, unless the
+contender names another (``RECIPES``: clipped cosine), for PEFT's best method and ours alike. Each step's cost is
+measured apart, alternating contenders on one batch, and compared with the PEFT method it matches.
 
 A script, not a test. Runs are appended to ``results/quality_runs.jsonl`` as they finish and skipped when found there,
 so a long run can stop and resume (a run is keyed by task, contender, seed and the protocol). Writes
@@ -31,6 +32,7 @@ from common import RESULTS, alternate, figure, write_result
 from peft import PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 from quality_tasks import TASKS, Task
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from peft_ext import SoftPromptConfig
 from peft_ext.adapter_io import pad_token_id
@@ -56,6 +58,25 @@ class Contender:
     lr: float = LR
     needs_choices: bool = False  # a label init: classification only
     matches: str | None = None  # the PEFT contender whose training step this one's cost is compared with
+    recipe: str = "constant"  # a key of RECIPES
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the steps are taken: AdamW's weight decay, gradient clipping and the learning-rate schedule."""
+
+    weight_decay: float = 0.01  # torch's AdamW default
+    clip: float | None = None
+    warmup: int = 0
+    schedule: str = "constant"  # or "cosine": to 0 at the last step, after the warmup (transformers' schedulers)
+
+
+RECIPES = {
+    "constant": Recipe(),
+    # what transformers' Trainer does by default (no weight decay, gradients clipped at norm 1), with 10% warmup and a
+    # cosine decay
+    "clipped cosine": Recipe(weight_decay=0.0, clip=1.0, warmup=STEPS // 10, schedule="cosine"),
+}
 
 
 def _peft(**kwargs: Any) -> Callable[[Task, Any], Any]:
@@ -116,12 +137,23 @@ CONTENDERS: dict[str, Contender] = {
     "labels (frequent fill)": Contender(
         "peft_ext", _ours(init="labels", with_data=True), needs_choices=True, matches="PEFT prompt tuning: random"
     ),
+    # the recipe, for PEFT's best and ours alike
+    "PEFT prompt tuning: text (clipped cosine)": Contender("peft", _peft_text, recipe="clipped cosine"),
+    "frequent (clipped cosine)": Contender(
+        "peft_ext", _ours(init="frequent", with_data=True), matches=VOCAB, recipe="clipped cosine"
+    ),
+    "text + residual (clipped cosine)": Contender(
+        "peft_ext", _ours(init="text", reparameterization="residual"), matches=MLP, recipe="clipped cosine"
+    ),
 }
 
 
 def _key(task: str, contender: str, seed: int) -> str:
-    lr = CONTENDERS[contender].lr
-    return json.dumps({"task": task, "contender": contender, "seed": seed, "lr": lr, **PROTOCOL}, sort_keys=True)
+    lr, recipe = CONTENDERS[contender].lr, CONTENDERS[contender].recipe
+    named = {"recipe": recipe} if recipe != "constant" else {}  # the runs made before recipes keep their keys
+    return json.dumps(
+        {"task": task, "contender": contender, "seed": seed, "lr": lr, **named, **PROTOCOL}, sort_keys=True
+    )
 
 
 def _done() -> dict[str, dict[str, Any]]:
@@ -164,12 +196,18 @@ def run(task: Task, name: str, seed: int) -> dict[str, Any]:
     curve = {0: _evaluate(model, tokenizer, task)}
     seconds: list[float] = []
     if contender.config is not None:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=contender.lr)
+        recipe = RECIPES[contender.recipe]
+        trained = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=contender.lr, weight_decay=recipe.weight_decay)
+        scheduler = get_scheduler(recipe.schedule, optimizer, num_warmup_steps=recipe.warmup, num_training_steps=STEPS)
         for step, batch in enumerate(tqdm(_batches(task, tokenizer, seed), desc=f"{task.name}/{name}/{seed}"), 1):
             model.train()
             start = time.perf_counter()
             model(**batch).loss.backward()
+            if recipe.clip is not None:
+                torch.nn.utils.clip_grad_norm_(trained, recipe.clip)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad()
             seconds.append(time.perf_counter() - start)
             if step % EVAL_EVERY == 0:
