@@ -252,6 +252,7 @@ def summarise(runs: list[dict[str, Any]], tasks: list[Task]) -> dict[str, Any]:
                 "seeds": len(mine),
                 "final_mean": statistics.mean(final),
                 "final_std": statistics.stdev(final) if len(final) > 1 else 0.0,
+                "final_by_seed": {r["seed"]: r["curve"][str(steps[-1])] for r in mine},
                 "curve_mean": {s: statistics.mean(v) for s, v in values.items()},
                 "curve_std": {s: statistics.stdev(v) if len(v) > 1 else 0.0 for s, v in values.items()},
             }
@@ -275,6 +276,18 @@ def _compare(metric: str, ours: float, peft: float) -> tuple[float, str, bool]:
     return ours / peft, "x", ours <= peft
 
 
+def _paired(metric: str, ours: dict[str, Any], peft: dict[str, Any]) -> dict[str, Any]:
+    """Seed by seed (the same batches for both): on how many of the shared seeds ours did better."""
+    seeds = sorted(set(ours["final_by_seed"]) & set(peft["final_by_seed"]))
+    better = [
+        (ours["final_by_seed"][s] > peft["final_by_seed"][s])
+        if metric == "accuracy"
+        else (ours["final_by_seed"][s] < peft["final_by_seed"][s])
+        for s in seeds
+    ]
+    return {"seeds": len(seeds), "ours_better": sum(better)}
+
+
 def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
     result = []
     for task_name, task in summary.items():
@@ -284,12 +297,13 @@ def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         value, unit, _ = _compare(metric, ours[1], peft[1])
         target, met = (">= 5", value >= 5) if metric == "accuracy" else ("< 1", value < 1)
-        result.append(figure(f"{task_name}: best ours ({ours[0]}) vs best PEFT ({peft[0]})", value, unit, target, met))
+        name = f"{task_name}: best ours ({ours[0]}) vs best PEFT ({peft[0]})"
+        result.append({**figure(name, value, unit, target, met), **_paired(metric, rows[ours[0]], rows[peft[0]])})
         if DEFAULT in rows:
             value, unit, met = _compare(metric, rows[DEFAULT]["final_mean"], peft[1])
             target = ">= 0" if metric == "accuracy" else "<= 1"
             name = f"{task_name}: peft-ext train's default ({DEFAULT}) vs best PEFT ({peft[0]})"
-            result.append(figure(name, value, unit, target, met))
+            result.append({**figure(name, value, unit, target, met), **_paired(metric, rows[DEFAULT], rows[peft[0]])})
     return result
 
 
@@ -395,6 +409,8 @@ def main() -> None:
     result["figures"] = figures(summary)
     plot(summary, RESULTS / "quality.png")
     write_result("quality", result)
+    for item in result["figures"]:
+        print(f"{item['name']}: ours better on {item['ours_better']} of {item['seeds']} shared seeds")
     print(table(summary, result.get("seconds_per_step")))
 
 
