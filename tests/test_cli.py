@@ -86,6 +86,8 @@ def test_bad_strategy_is_one_line(tmp_path, tiny_tokenizer, capsys):
     model = _tiny_model_folder(tmp_path, tiny_tokenizer)
     assert main(["train", str(data), "--model", str(model), "--num-virtual-tokens", "4", "--init", "zeros"]) == 2
     assert "Unknown init 'zeros'" in capsys.readouterr().err
+    assert main(["train", str(data), "--model", str(model), "--num-virtual-tokens", "0"]) == 2  # not the default
+    assert "num_virtual_tokens must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_train_a_classifier_reports_held_out_accuracy_before_and_after(tmp_path, tiny_tokenizer, capsys):

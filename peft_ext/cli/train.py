@@ -81,7 +81,9 @@ def register(commands: Any) -> None:
 def _config(args: argparse.Namespace, tokenizer: Any, texts: list[Any], choices: list[str] | None) -> Any:
     from ..soft_prompt import SoftPromptConfig
 
-    tokens: Any = args.num_virtual_tokens or (None if args.init_adapter else DEFAULT_TOKENS)  # an adapter: its own
+    tokens = args.num_virtual_tokens
+    if tokens is None and not args.init_adapter:  # an adapter has its own length
+        tokens = DEFAULT_TOKENS
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=tokens,

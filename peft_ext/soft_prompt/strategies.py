@@ -147,7 +147,15 @@ class VocabInit(InitStrategy):
         return _embed(word_embeddings, config.init_token_ids)
 
 
-class TextInit(InitStrategy):
+class _RecordedIdsInit(InitStrategy):
+    """An init whose ``resolve`` records the token ids it starts from in ``init_token_ids`` (text, frequent)."""
+
+    def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
+        assert config.init_token_ids is not None  # check() refuses the init without them
+        return _embed(word_embeddings, config.init_token_ids)
+
+
+class TextInit(_RecordedIdsInit):
     """Embeddings of ``init_text``, fitted to the prompt length by the explicit ``text_length_policy``."""
 
     def resolve(self, config: SoftPromptConfig, tokenizer: Any) -> None:
@@ -187,10 +195,6 @@ class TextInit(InitStrategy):
             "init='text' needs a tokenizer: pass tokenizer=<tokenizer object or local folder> to SoftPromptConfig."
         )
 
-    def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
-        assert config.init_token_ids is not None  # check() refuses a text init without them
-        return _embed(word_embeddings, config.init_token_ids)
-
 
 FREQUENT_POOL = 256  # the init draws from this many of the training texts' most frequent tokens
 
@@ -208,7 +212,7 @@ def _frequent_ids(config: SoftPromptConfig, tokenizer: Any, count: int) -> list[
     return list(itertools.islice(itertools.cycle(drawn), count))
 
 
-class FrequentInit(InitStrategy):
+class FrequentInit(_RecordedIdsInit):
     """Embeddings of tokens drawn from those most frequent in the training texts (``init_texts``): the prompt starts
     in the region of embedding space the task's own text occupies. Measured in ``benchmarks/quality.py``."""
 
@@ -229,10 +233,6 @@ class FrequentInit(InitStrategy):
         raise TokenizerNotAvailableError(
             "init='frequent' needs a tokenizer: pass tokenizer=<tokenizer object or local folder> to SoftPromptConfig."
         )
-
-    def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
-        assert config.init_token_ids is not None  # check() refuses a frequent init without them
-        return _embed(word_embeddings, config.init_token_ids)
 
 
 class LabelsInit(InitStrategy):
