@@ -19,7 +19,7 @@ from common import figure, median, write_result
 from peft import PeftModel, get_peft_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 
 PROMPT_TOKENS = 20
 

@@ -18,7 +18,7 @@ from common import alternate, figure, median, write_result
 from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import MultiPromptModel
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 
 REQUESTS, PROMPT_TOKENS, NEW_TOKENS = 16, 20, 16
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from peft_ext import SoftPromptConfig
-from peft_ext.adapter_io import pad_token_id
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.adapter_files import pad_token_id
+from peft_ext.base_models import load_base_model
 from peft_ext.evaluation import accuracy, collate, encode, mean_loss
 
 STEPS, BATCH, TOKENS, LR, MAX_LENGTH = 60, 8, 16, 3e-2, 48

@@ -32,7 +32,7 @@ from common import figure, write_result
 from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import use_exact_generate
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 from peft_ext.serving.server import Server, bind
 from peft_ext.serving.service import Service
 

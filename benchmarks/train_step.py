@@ -15,7 +15,7 @@ from common import alternate, figure, median, write_result
 from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import SoftPromptConfig
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 
 VIRTUAL, ROWS, LONGEST = 20, 8, 72
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from peft import get_peft_model
 
 from peft_ext import MultiPromptModel, SoftPromptConfig
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 from peft_ext.cli.data import packaged_prompts, packaged_quotes
 from peft_ext.training import train_soft_prompts
 

@@ -23,7 +23,7 @@ from peft import PeftModel, get_peft_model
 
 import peft_ext  # noqa: F401  (registers SOFT_PROMPT with PEFT)
 from peft_ext import SoftPromptConfig, export_prompt_tuning
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 from peft_ext.cli.data import packaged_prompts, packaged_quotes
 
 INPUTS = ["I want you to act as a motivational coach.", "There are two nice things that should matter to you:"]

@@ -25,7 +25,7 @@ from peft import get_peft_model
 import hub
 from hub.errors import BaseModelMismatchError
 from peft_ext import MultiPromptModel, SoftPromptConfig
-from peft_ext.cli.base_models import load_base_model
+from peft_ext.base_models import load_base_model
 from peft_ext.cli.data import packaged_quotes
 from peft_ext.training import train_soft_prompts
 

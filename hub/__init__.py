@@ -14,8 +14,9 @@ from .errors import HubError
 from .versions import Constraint, SemVer
 
 if TYPE_CHECKING:
+    from peft_ext.base_ref import BaseModelRef
+
     from .api import VersionDetails, pull, push, repair_card, resolve, show, tasks, yank
-    from .base_ref import BaseModelRef
     from .compare import DiffResult, TokenDiff, diff
     from .manifest import MANIFEST_FILE, Manifest
     from .stores.base import PublishResult, Store, VersionEntry
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 # Loaded on first use, so that ``import hub.versions`` (pure Python) pulls in neither torch nor huggingface_hub.
 _LAZY = {
     **dict.fromkeys(["VersionDetails", "pull", "push", "repair_card", "resolve", "show", "tasks", "yank"], "hub.api"),
-    "BaseModelRef": "hub.base_ref",
+    "BaseModelRef": "peft_ext.base_ref",
     "parse_reference": "hub.names",
     **dict.fromkeys(["DiffResult", "TokenDiff", "diff"], "hub.compare"),
     **dict.fromkeys(["MANIFEST_FILE", "Manifest"], "hub.manifest"),

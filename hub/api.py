@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from peft_ext.adapter_files import AdapterFiles, folder_path, read_adapter_folder
+from peft_ext.base_ref import BaseModelRef
 
-from .base_ref import BaseModelRef
 from .errors import (
     BaseModelMismatchError,
     HiddenSizeMismatchError,

@@ -5,7 +5,8 @@ any user-facing problem of either package. Each also derives from the built-in t
 say what was wrong, with which value, and what to do; they never contain an access token.
 
 An adapter that cannot be used (``InvalidAdapterError`` and its subclasses) and a base model that cannot be loaded
-are failures of :mod:`peft_ext`'s reader and loader, so their classes live in :mod:`peft_ext.errors`; they are
+are failures of :mod:`peft_ext`'s reader and loader, as is a ``base_model`` that is no model, ``BaseModelRef`` or
+dict form of one (the record is :mod:`peft_ext.base_ref`), so their classes live in :mod:`peft_ext.errors`; they are
 re-exported here so ``from hub.errors import ...`` names every error a hub call can raise.
 """
 
@@ -17,6 +18,7 @@ from peft_ext.errors import (  # noqa: F401  (re-exported: an adapter is refused
     HiddenSizeMismatchError,
     InvalidAdapterConfigError,
     InvalidAdapterError,
+    InvalidBaseModelError,
     InvalidSourceError,
     NonFiniteTensorError,
     PeftExtError,
@@ -57,10 +59,6 @@ class VersionExistsError(HubError, ValueError):
 
 class InvalidMetadataError(HubError, ValueError):
     """``metrics`` or ``training_data_hash`` that cannot be stored in a manifest (wrong type, NaN/Inf, not JSON)."""
-
-
-class InvalidBaseModelError(HubError, TypeError):
-    """A ``base_model`` (or its tokenizer) that is not a loaded model, a BaseModelRef or its dict form."""
 
 
 class InvalidArgumentError(HubError, ValueError):

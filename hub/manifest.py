@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from peft_ext import strict_json
+from peft_ext.base_ref import BaseModelRef
 
-from .base_ref import BaseModelRef
 from .errors import (
     IntegrityError,
+    InvalidBaseModelError,
     InvalidMetadataError,
     ManifestError,
     ManifestSchemaError,
@@ -169,12 +170,16 @@ class Manifest:
             if raw.get(key) is not None and not isinstance(raw[key], kind):
                 raise bad(f"'{key}' must be {kind.__name__} or null")
         base = raw.get("base_model")
+        try:
+            base_model = None if base is None else BaseModelRef.from_dict(base)
+        except InvalidBaseModelError as exc:
+            raise ManifestError(f"{source}: {exc}") from None
         return cls(
             task=task,
             version=version,
             files=files,
             adapter=raw.get("adapter") or {},
-            base_model=None if base is None else BaseModelRef.from_dict(base),
+            base_model=base_model,
             parent_version=parent_version,
             created_at=raw.get("created_at") or "",
             training_data_hash=raw.get("training_data_hash"),

@@ -12,6 +12,11 @@ for ``num_virtual_tokens`` would load and fail later). The weights are parsed by
 offsets, truncation), then refused unless every dtype is floating point (read from the header before any tensor is
 built, so a dtype torch cannot represent is refused by name), every value finite, and ``prompt_embeddings`` of the
 shape the config says.
+
+Where a prompt comes from is decided here too (:func:`load_soft_prompt`): a ``[num_virtual_tokens, hidden]`` float
+tensor is read from an adapter folder, taken from a ``PeftModel``'s adapter, or given directly, and
+:func:`check_prompt_tensor` says whether it fits a model; :func:`pad_token_id` and :func:`pad_texts` pad the texts
+that follow a prompt.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from safetensors.torch import load
 from . import strict_json
 from .errors import (
     CorruptAdapterError,
+    HiddenSizeMismatchError,
     InvalidAdapterConfigError,
     InvalidAdapterError,
+    InvalidRequestError,
     InvalidSourceError,
     NonFiniteTensorError,
     PickleRefusedError,
@@ -43,7 +50,7 @@ from .errors import (
     TensorShapeError,
     UnsupportedPeftTypeError,
 )
-from .integration import INPUT_PROMPT_TYPE_NAMES
+from .integration import INPUT_PROMPT_TYPE_NAMES, active_adapter, adapter_prompt
 
 PROMPT_KEY = "prompt_embeddings"  # the tensor PEFT saves for a prompt that enters as input embeddings
 ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)  # what a soft prompt is stored as: nothing else
@@ -112,6 +119,11 @@ def check_config(data: bytes, source: str) -> dict[str, Any]:
     """Validate ``adapter_config.json`` bytes as PEFT would load them; return the parsed object."""
     try:
         config = strict_json.loads_object(data)
+    except strict_json.ByteOrderMarkError:
+        raise InvalidAdapterConfigError(
+            f"{source} starts with a UTF-8 byte-order mark, which PEFT cannot read; save it without one "
+            "(save_pretrained does, as does open(path, 'w', encoding='utf-8'))."
+        ) from None
     except strict_json.StrictJSONError as exc:
         raise InvalidAdapterConfigError(f"{source} is not a valid JSON object ({exc}); re-save the adapter.") from None
     peft_type = config.get("peft_type")
@@ -191,6 +203,64 @@ def load_checked(data: bytes, source: str) -> dict[str, torch.Tensor]:
         if not bool(torch.isfinite(tensor).all()):
             raise NonFiniteTensorError(f"Tensor {name!r} in {source} contains NaN or Inf; fix training and re-save.")
     return tensors
+
+
+# --- a soft prompt as a tensor: from a folder, a PeftModel or given; and the texts that follow it -----------------
+
+
+def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> None:
+    """Refuse a prompt that cannot be put before this model's embeddings."""
+    if prompt.dim() != 2 or prompt.shape[0] < 1:
+        raise TensorShapeError(f"{what} must be a [num_tokens, hidden] tensor, got shape {tuple(prompt.shape)}.")
+    if prompt.shape[1] != hidden_size:
+        raise HiddenSizeMismatchError(
+            f"{what} is {prompt.shape[1]} wide but the base model's hidden size is {hidden_size}: "
+            "it was trained for a different model."
+        )
+    if not prompt.is_floating_point():
+        raise TensorDtypeError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
+    if not torch.isfinite(prompt).all():
+        raise NonFiniteTensorError(f"{what} contains NaN or Inf values.")
+
+
+def load_soft_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
+    """A prompt from a ``[n, hidden]`` tensor, an adapter folder, or a ``PeftModel`` (its ``adapter_name`` adapter,
+    by default the active one)."""
+    if isinstance(source, torch.Tensor):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_adapter_folder(source).prompt
+    if hasattr(source, "prompt_encoder"):  # a PeftModel
+        name = adapter_name if adapter_name is not None else active_adapter(source)
+        prompt = adapter_prompt(source, name)
+        if prompt is None:
+            raise InvalidRequestError(f"Adapter name {name!r} means no soft prompt; name a soft-prompt adapter.")
+        return prompt
+    raise InvalidSourceError(
+        f"Cannot read a soft prompt from {type(source).__name__}; give a [n, hidden] tensor, an adapter folder or a "
+        "PeftModel (with adapter_name)."
+    )
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS (the usual choice for causal LMs)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise InvalidRequestError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+    return int(pad)
+
+
+def pad_texts(tokenizer: Any, texts: list[str], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, padded on the left (or right) without changing the tokenizer."""
+    rows = [list(ids) for ids in tokenizer(texts)["input_ids"]]
+    longest = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), longest), pad_token_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(rows):
+        span = slice(longest - len(ids), longest) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask
 
 
 def _corrupt(source: str, error: BaseException) -> CorruptAdapterError:

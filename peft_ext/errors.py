@@ -104,6 +104,10 @@ class BaseModelLoadError(PeftExtError, OSError):
     """The base model could not be found, converted or loaded."""
 
 
+class InvalidBaseModelError(PeftExtError, TypeError):
+    """A ``base_model`` (or its tokenizer) that is not a loaded model, a ``BaseModelRef`` or its dict form."""
+
+
 class DatasetError(PeftExtError, ValueError):
     """A training data file that is empty, has no text column, or cannot be decoded."""
 
@@ -122,6 +126,15 @@ class ContextLengthError(InvalidRequestError):
 
 class ChatTemplateError(InvalidRequestError):
     """A chat request to a model whose tokenizer has no chat template, or messages its template cannot render."""
+
+
+class InvalidModelNameError(InvalidRequestError):
+    """A request's ``model`` that can name nothing: too long, or with whitespace or control characters."""
+
+
+class RequestTooLargeForServerError(InvalidRequestError):
+    """A request asking for more generations (prompts x n) than the server can ever hold: a 400 naming the limit,
+    never a 429 that a client would retry forever."""
 
 
 class UnsupportedParameterError(InvalidRequestError):

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .adapter_io import pad_token_id
+from .adapter_files import pad_token_id
 from .errors import InvalidConfigError
 
 

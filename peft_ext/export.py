@@ -11,8 +11,7 @@ from peft import PeftModel, PromptTuningConfig, PromptTuningInit
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 
-from .adapter_files import PROMPT_KEY, read_adapter_folder
-from .adapter_io import check_prompt_tensor
+from .adapter_files import PROMPT_KEY, check_prompt_tensor, read_adapter_folder
 from .integration import STOCK_PROMPT_GENERATE_BROKEN_SINCE, adapter_prompt, stock_prompt_generate_is_broken
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .adapter_io import check_prompt_tensor, load_soft_prompt, pad_texts
+from .adapter_files import check_prompt_tensor, load_soft_prompt, pad_texts
 from .engine import BASE_ADAPTER, Prompt, PromptEngine
 from .engine.engine import next_serial, prompt_key
 from .engine.kv_cache import KVCacheStats

@@ -1,8 +1,10 @@
-"""Strict JSON for everything hub writes or reads: finite numbers only, bounded depth, string keys.
+"""Strict JSON for everything hub writes or reads: UTF-8 text, finite numbers only, bounded depth, string keys.
 
 Python's ``json`` accepts ``NaN``/``Infinity`` and turns ``1e999`` into ``inf``, none of which it can write back with
-``allow_nan=False``, and recurses without bound on nested input. Everything that reads or validates JSON in hub goes
-through :func:`loads` and :func:`problem`, so what is accepted is exactly what can be written again.
+``allow_nan=False``, and recurses without bound on nested input. Given bytes, it also guesses the encoding and drops a
+leading UTF-8 byte-order mark, which PEFT (``json.load`` of a text file) refuses: a document is read as UTF-8 without
+one. Everything that reads or validates JSON in hub and the adapter reader goes through :func:`loads` and
+:func:`problem`, so what is accepted is exactly what can be written again, and read by PEFT.
 """
 
 from __future__ import annotations
@@ -18,10 +20,21 @@ class StrictJSONError(ValueError):
     """Internal: the reason a document was refused (callers re-raise their own named error)."""
 
 
+class ByteOrderMarkError(StrictJSONError):
+    """Internal: the document starts with a UTF-8 byte-order mark."""
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; raise :class:`StrictJSONError` for invalid text, non-finite numbers or nesting deeper than 64."""
+    """Parse JSON; raise :class:`StrictJSONError` for text that is not UTF-8 (or starts with a byte-order mark),
+    invalid JSON, non-finite numbers or nesting deeper than 64."""
     try:
-        value = json.loads(data, parse_constant=_constant, parse_float=_float)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise StrictJSONError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        raise ByteOrderMarkError("starts with a UTF-8 byte-order mark")
+    try:
+        value = json.loads(text, parse_constant=_constant, parse_float=_float)
     except RecursionError:
         raise StrictJSONError(f"nested deeper than {MAX_DEPTH} levels") from None
     except StrictJSONError:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .adapter_io import pad_token_id
+from .adapter_files import pad_token_id
 from .evaluation import Example, collate, encode
 from .integration import score_every_label
 

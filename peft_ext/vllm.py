@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from .adapter_io import check_prompt_tensor, load_soft_prompt
+from .adapter_files import check_prompt_tensor, load_soft_prompt
 from .errors import InvalidRequestError, UnsupportedModelError
 
 PromptSource = torch.Tensor | str | os.PathLike[str] | PeftModel  # a [n, hidden] tensor, an adapter folder, a PeftModel

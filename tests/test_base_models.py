@@ -16,9 +16,9 @@ from huggingface_hub import constants as hub_constants
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hub.base_ref import BaseModelRef
-from peft_ext.cli import base_models
-from peft_ext.cli.base_models import EMBEDDED_DEFAULT, LoadedBaseModel, load_base_model
+from peft_ext import base_models
+from peft_ext.base_models import EMBEDDED_DEFAULT, LoadedBaseModel, load_base_model
+from peft_ext.base_ref import BaseModelRef
 from peft_ext.errors import BaseModelLoadError
 
 WORDS = ["<unk>", "</s>", "<s>", "hello", "world", "paris", "is", "the", "capital"]

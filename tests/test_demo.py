@@ -19,7 +19,7 @@ from peft_ext.cli import main
 
 TASKS = ("prompts", "quotes")
 ADAPTERS = ("base model", *TASKS)
-INIT_TEXTS = {  # hub/demo.py's fixed-text init, restated
+INIT_TEXTS = {  # peft_ext/cli/demo.py's fixed-text init, restated
     "prompts": "Write a prompt that tells an AI assistant which role to play:",
     "quotes": "Share an inspiring, motivational quote:",
 }

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_text_init_prompt_learns_quotes(tmp_path):
-    from peft_ext.cli.base_models import load_base_model
+    from peft_ext.base_models import load_base_model
 
     base, tokenizer, info = load_base_model()
     assert info.hidden_size == 576

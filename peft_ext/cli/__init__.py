@@ -1,5 +1,6 @@
-"""The ``peft-ext`` command. Other packages add subcommands through the ``peft_ext.cli`` entry-point group
-(the ``hub`` package adds ``peft-ext hub ...``), so peft_ext never imports them."""
+"""The ``peft-ext`` command. Subcommands beyond ``train`` come through the ``peft_ext.cli`` entry-point group (the
+``hub`` package adds ``peft-ext hub ...``; ``demo``, ``serve`` and ``generate`` are this package's applications), so
+the command names none of them and ``--help`` imports nothing heavy."""
 
 from __future__ import annotations
 

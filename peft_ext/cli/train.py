@@ -146,8 +146,8 @@ def _publisher() -> Any:
 def run(args: argparse.Namespace) -> int:
     from peft import get_peft_model
 
+    from ..base_models import load_base_model
     from ..training import train_soft_prompts
-    from .base_models import load_base_model
     from .plots import plot_losses
 
     texts = _rows(args, args.data)  # before the model: bad data fails fast

@@ -61,17 +61,17 @@ class DecodeBatch:
             raise InvalidRequestError(f"step needs one token per running row ({len(self.ids)}), got {len(tokens)}.")
         model = self.engine.model
         device = self._mask.device
-        self._mask = torch.cat([self._mask, torch.ones(len(self.ids), 1, dtype=torch.long, device=device)], dim=1)
-        positions = self._mask.sum(dim=1, keepdim=True) - 1  # each row counts from its own prompt
+        mask = torch.cat([self._mask, torch.ones(len(self.ids), 1, dtype=torch.long, device=device)], dim=1)
+        positions = mask.sum(dim=1, keepdim=True) - 1  # each row counts from its own prompt
         cache = _dynamic_cache(model, self._layers)
         output = model(
             input_ids=torch.tensor(list(tokens), dtype=torch.long, device=device)[:, None],
-            attention_mask=self._mask,
+            attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             **{cache_argument(model): cache},
         )
-        self._layers = [(layer.keys, layer.values) for layer in output_cache(output).layers]
+        self._layers, self._mask = [(layer.keys, layer.values) for layer in output_cache(output).layers], mask
         return output.logits[:, -1]
 
     def leave(self, row_ids: Sequence[Hashable]) -> None:
@@ -100,17 +100,16 @@ class DecodeBatch:
             self.ids, self._layers, self._mask = [row_id], layers, row_mask
             return
         length = max(self.length, new_length)
-        self._layers = [
+        merged = [
             (
                 torch.cat([_left_pad(k, length), _left_pad(nk, length)]),
                 torch.cat([_left_pad(v, length), _left_pad(nv, length)]),
             )
             for (k, v), (nk, nv) in zip(self._layers, layers, strict=True)
         ]
-        self._mask = torch.cat(
-            [F.pad(self._mask, (length - self.length, 0)), F.pad(row_mask, (length - new_length, 0))]
-        )
-        self.ids.append(row_id)
+        mask = torch.cat([F.pad(self._mask, (length - self.length, 0)), F.pad(row_mask, (length - new_length, 0))])
+        # Assigned together once everything is computed: a failure above leaves the batch as it was.
+        self._layers, self._mask, self.ids = merged, mask, [*self.ids, row_id]
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidConfigError, MissingExtraError
 
 API_KEY_ENV = "PEFT_EXT_API_KEY"
+# The server's connection timeouts (defined here, where --help shows them without importing the HTTP stack).
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_S = 5.0  # uvicorn's own default
 
 
 def register_serve(commands: Any) -> argparse.ArgumentParser:
@@ -30,10 +34,30 @@ def register_serve(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
-        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}; unset: no key)",
+        help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV}, which is "
+        "better: a key on the command line shows in 'ps'; unset: no key)",
     )
     parser.add_argument("--max-running", type=int, default=32, help="requests decoded together (default: 32)")
     parser.add_argument("--max-queued", type=int, default=256, help="requests waiting beyond those (default: 256)")
+    parser.add_argument(
+        "--served-model-name",
+        help="what /v1/models and responses call the base model (default: --base's id, or its folder's name)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="close a connection that has not sent a whole request within this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=DEFAULT_KEEP_ALIVE_S,
+        metavar="SECONDS",
+        help="close a connection idle between requests after this (default: %(default)s)",
+    )
+    parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (behind the API key)")
     parser.set_defaults(handler=_serve)
     return parser
 
@@ -82,7 +106,7 @@ def _named_source(value: str) -> tuple[str, str]:
 
 
 def _service(args: argparse.Namespace, **options: Any) -> Any:
-    from ..cli.base_models import EMBEDDED_DEFAULT, load_base_model
+    from ..base_models import EMBEDDED_DEFAULT, load_base_model
     from .service import Service
 
     if args.store == "hf":
@@ -96,7 +120,15 @@ def _service(args: argparse.Namespace, **options: Any) -> Any:
 
         store = LocalStore(args.root)
     model, tokenizer, _ = load_base_model(args.base)
-    return Service(model, tokenizer, base_name=args.base or EMBEDDED_DEFAULT, store=store, **options)
+    name = getattr(args, "served_model_name", None) or _public_name(args.base or EMBEDDED_DEFAULT)
+    return Service(model, tokenizer, base_name=name, store=store, **options)
+
+
+def _public_name(base: str) -> str:
+    """A base model's name as clients see it: a Hugging Face id as it is, a local folder by its own name only (the
+    path says where the server's files are)."""
+    path = Path(base).expanduser()
+    return path.resolve().name if path.exists() else base
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -109,12 +141,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.max_running < 1 or args.max_queued < 0:
         raise InvalidConfigError("--max-running must be at least 1 and --max-queued at least 0.")
+    if args.api_key is not None and not args.api_key.strip():
+        raise InvalidConfigError(
+            f"The API key is empty (--api-key or ${API_KEY_ENV}): nobody could use the server. Set a key, or unset "
+            f"{API_KEY_ENV} to serve without one."
+        )
+    if args.request_timeout <= 0 or args.keep_alive_timeout <= 0:
+        raise InvalidConfigError("--request-timeout and --keep-alive-timeout must be positive numbers of seconds.")
     sock = bind(args.host, args.port)  # first: a port in use fails before the model loads
     service = _service(args, max_running=args.max_running, max_queued=args.max_queued)
     try:
         for name, source in args.prompt:
             service.add(name, source)
-        server = Server(service, sock, api_key=args.api_key)
+        server = Server(
+            service,
+            sock,
+            api_key=args.api_key,
+            docs=args.docs,
+            request_timeout_s=args.request_timeout,
+            keep_alive_s=args.keep_alive_timeout,
+        )
     except BaseException:
         service.shutdown(drain=False)
         raise

@@ -1,8 +1,9 @@
 """Prometheus metrics of one served model, in a registry of their own (two apps in a process never mix).
 
 Counted as it happens (from the scheduler's callbacks): generated tokens (tokens/s is their ``rate()``), time to
-first token, requests per model and finished generations per reason. Read when scraped: queue depth, running batch
-size and the prompt KV cache's hits and misses (its hit rate too).
+first token, requests per model and finished generations per reason. Read when scraped: whether the server decodes
+(``healthy``, as ``/health`` says), queue depth, running batch size and the prompt KV cache's hits and misses (its hit
+rate too).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Any]:
         stats = self.service.scheduler.stats()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_healthy",
+            "1 while requests are decoded; 0 once it stopped (see /health).",
+            value=1.0 if self.service.health() is None else 0.0,
+        )
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests waiting to be admitted.", value=stats.queued)
         yield GaugeMetricFamily(f"{PREFIX}_running_requests", "Rows of the running batch.", value=stats.running)
         kv = self.service.prompts.kv_cache_stats()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidato
 from pydantic_core import PydanticCustomError
 
 from ..errors import UnsupportedParameterError
+from .sampling import SEED_MAX, SEED_MIN, SamplingParams
 
 MAX_N = 128
 MAX_STOP = 16
@@ -43,7 +44,7 @@ class _Sampling(_Request):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None  # torch.Generator's range
     stop: Annotated[
         str | Annotated[list[str], Field(max_length=MAX_STOP)] | None,
         _one_of(f"a string, a list of at most {MAX_STOP} strings, or null"),
@@ -60,6 +61,23 @@ class _Sampling(_Request):
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    def requested_max_tokens(self) -> int | None:
+        raise NotImplementedError
+
+    def top_logprobs_count(self) -> int | None:
+        """How many alternatives to report per token; None: no logprobs."""
+        raise NotImplementedError
+
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
+        """What this request asks of decoding (OpenAI's defaults: temperature 1, top_p 1)."""
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            logprobs=self.top_logprobs_count(),
+        )
 
     def refuse_unsupported(self) -> None:
         """Refuse parameters that would change the answer in a way this server does not implement."""
@@ -83,6 +101,12 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def top_logprobs_count(self) -> int | None:
+        return self.logprobs
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
@@ -128,12 +152,18 @@ class ChatCompletionRequest(_Sampling):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def top_logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
         if self.tools:
             raise UnsupportedParameterError("tools are not supported by this server; leave them out.")
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise UnsupportedParameterError("Only response_format {'type': 'text'} is supported by this server.")
+            raise UnsupportedParameterError(
+                f"Structured output (response_format {self.response_format.get('type')!r:.40}) is not supported by "
+                "this server: only {'type': 'text'}; ask for JSON in the prompt and parse the text instead."
+            )
         if self.top_logprobs and not self.logprobs:
             raise UnsupportedParameterError("top_logprobs needs logprobs: true.")
 

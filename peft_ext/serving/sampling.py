@@ -12,10 +12,16 @@ import torch
 
 from ..errors import InvalidRequestError
 
+# Below this temperature sampling is greedy: dividing the logits by it would overflow float32 (as vLLM does).
+MIN_TEMPERATURE = 1e-5
+# torch.Generator.manual_seed takes any integer in this range (negative seeds are taken modulo 2**64).
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What a request asks of decoding (OpenAI's names): ``temperature`` 0 is greedy."""
+    """What a request asks of decoding (OpenAI's names): ``temperature`` 0 (or below :data:`MIN_TEMPERATURE`) is
+    greedy; ``seed`` is any integer :class:`torch.Generator` takes, from -2**63 to 2**64 - 1."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -33,6 +39,8 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}.")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidRequestError(f"logprobs must be between 0 and 20, got {self.logprobs!r}.")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise InvalidRequestError(f"seed must be an integer from {SEED_MIN} to {SEED_MAX}, got {self.seed!r}.")
 
     def generator(self) -> torch.Generator | None:
         """The request's own random stream (None for greedy): from ``seed``, else from the OS."""
@@ -55,13 +63,14 @@ def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """The next token for one row's ``[vocab]`` logits."""
     logits = logits.float().cpu()
     logprobs = torch.log_softmax(logits, dim=-1)
-    if generator is None:
+    if generator is None or params.temperature < MIN_TEMPERATURE:
         token = int(logits.argmax())
     else:
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             outside = ordered.cumsum(0) - ordered >= params.top_p  # keep the smallest set reaching top_p
+            outside[0] = False  # and at least the likeliest token, however small top_p is
             ordered[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, ordered)
         token = int(torch.multinomial(probs, 1, generator=generator))

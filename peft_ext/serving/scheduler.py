@@ -1,10 +1,24 @@
 """Continuous batching: one thread decodes every running request together, admitting and retiring rows each step.
 
-Requests wait in a bounded queue (:class:`~peft_ext.errors.ServerBusyError` when it is full). At every step the
-scheduler retires finished and cancelled rows, prefills up to ``admit_per_step`` waiting requests into the running
-:class:`~peft_ext.engine.decode_batch.DecodeBatch` (each new row is prefilled alone, the others wait one prefill,
-never a whole generation), then runs one decoding step for every row. Each request's prompt keys/values come from
-the model's prompt KV cache; each row's tokens are those of the request run alone.
+Requests wait in a bounded queue. At every step the scheduler retires finished and cancelled rows, prefills up to
+``admit_per_step`` waiting requests into the running :class:`~peft_ext.engine.decode_batch.DecodeBatch` (each new
+row is prefilled alone, the others wait one prefill, never a whole generation), then runs one decoding step for every
+row. Each request's prompt keys/values come from the model's prompt KV cache; each row's tokens are those of the
+request run alone.
+
+Failure isolation is the scheduler's contract, not a list of cases:
+
+- everything about a request that can be refused (its sampling fields, its random generator, room in the queue) is
+  checked in :meth:`Scheduler.submit`, before anything is queued: a request is queued whole or not at all;
+- what can fail for one request once it runs (its prefill, choosing or decoding its token, its text) ends that
+  request alone, with ``finish_reason`` "error"; a row enters the running batch and the scheduler's books together,
+  so no failure leaves one without the other;
+- a decoding step that fails for a reason no request explains (the model itself) ends every request with the reason,
+  and the scheduler stops accepting: :meth:`Scheduler.health` says why (``/health`` answers 503) until restarted.
+
+``step_hook`` is the seam for tests and instrumentation: it is called on the decoding thread before every decoding
+step with the number of rows about to decode (after that step's admissions and prefills), so a test can hold the
+scheduler while requests are provably mid-generation, without touching its internals.
 """
 
 from __future__ import annotations
@@ -24,29 +38,40 @@ import torch
 
 from ..engine.decode_batch import DecodeBatch
 from ..engine.engine import Prompt, PromptEngine
-from ..errors import InvalidRequestError, ServerBusyError, ServerStoppingError
+from ..errors import InvalidRequestError, RequestTooLargeForServerError, ServerBusyError, ServerStoppingError
 from .sampling import SamplingParams, Token, choose
+from .text import TextStream
 
 _END = object()
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Output:
+    """One generated token and the text it releases ("" while the text is held back)."""
+
+    token: Token
+    text: str
+
+
 @dataclass
 class Generation:
-    """One request's stream of :class:`Token`, ended by its ``finish_reason`` ("stop", "length" or "cancelled")."""
+    """One request's stream of :class:`Output`, ended by its ``finish_reason`` ("stop", "length", "cancelled" or
+    "error"). With ``text``, the decoding thread turns each token into text as it is made, and a ``stop`` string in
+    the text ends the generation at that token (it costs no further decoding step)."""
 
     prompt: Prompt | None
     input_ids: list[int]
     params: SamplingParams
     label: str = ""  # what metrics call the request's prompt
-    # Called on the decoding thread with each emitted token; True ends the generation ("stop") at that token, so a
-    # stop found in the text costs no further decoding step (see Service: stop strings).
-    stop_check: Callable[[Token], bool] | None = None
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    text: TextStream | None = None
+    finish_reason: str | None = None
     error: str | None = None  # why, when finish_reason is "error"
+    tail: str = ""  # text held back until the end (an incomplete character, a possible stop string's start)
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     tokens: list[Token] = field(default_factory=list)
+    generator: torch.Generator | None = None
     _events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     _loop: asyncio.AbstractEventLoop | None = None
     _async_events: asyncio.Queue[Any] | None = None
@@ -54,8 +79,7 @@ class Generation:
     _cancel_reason: str = "cancelled"
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Stop generating: the row leaves the batch at the next step and the generation ends with ``reason``
-        ("cancelled" when a client went away; "stop" when the caller found a stop string in the text)."""
+        """Stop generating: the row leaves the batch at the next step and the generation ends with ``reason``."""
         self._cancel_reason = reason
         self._cancelled.set()
 
@@ -63,13 +87,13 @@ class Generation:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def __iter__(self) -> Iterator[Token]:
-        """Tokens as they come (blocking)."""
+    def __iter__(self) -> Iterator[Output]:
+        """Outputs as they come (blocking)."""
         while (event := self._events.get()) is not _END:
             yield event
 
-    async def stream(self) -> AsyncIterator[Token]:
-        """Tokens as they come, for the event loop the request was submitted from."""
+    async def stream(self) -> AsyncIterator[Output]:
+        """Outputs as they come, for the event loop the request was submitted from."""
         assert self._async_events is not None, "submit(..., loop=asyncio.get_running_loop()) to stream asynchronously"
         while (event := await self._async_events.get()) is not _END:
             yield event
@@ -105,24 +129,30 @@ class Scheduler:
         admit_per_step: int = 4,
         on_token: Callable[[Generation, Token], None] | None = None,
         on_finish: Callable[[Generation], None] | None = None,
+        step_hook: Callable[[int], None] | None = None,
     ) -> None:
         if max_running < 1 or max_queued < 0 or admit_per_step < 1:
             raise InvalidRequestError("max_running and admit_per_step must be >= 1 and max_queued >= 0.")
         self.engine = engine
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
         self.max_running, self.max_queued, self.admit_per_step = max_running, max_queued, admit_per_step
-        self._on_token, self._on_finish = on_token, on_finish
+        self._on_token, self._on_finish, self._step_hook = on_token, on_finish, step_hook
         self._waiting: collections.deque[Generation] = collections.deque()
-        self._running: dict[Hashable, tuple[Generation, torch.Generator | None]] = {}
+        self._running: dict[Hashable, Generation] = {}  # exactly the rows of the batch
         self._batch = DecodeBatch(engine)
         self._ids = itertools.count()
-        self._wake = threading.Condition()
+        self._lock = threading.Condition()
         self._accepting = True
         self._stopped = False
-        self._dead = False  # the decoding thread died: requests are refused rather than left waiting
+        self._failure: str | None = None  # why the scheduler stopped decoding (it then accepts nothing)
         self._tokens = self._finished = 0
         self._thread = threading.Thread(target=self._run, name="peft-ext-scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def capacity(self) -> int:
+        """The most generations one request may ask for: all running and all queued slots."""
+        return self.max_running + self.max_queued
 
     # --- requests ------------------------------------------------------------------------------------------------
 
@@ -134,153 +164,201 @@ class Scheduler:
         *,
         label: str = "",
         loop: asyncio.AbstractEventLoop | None = None,
-        stop_check: Callable[[Token], bool] | None = None,
+        text: TextStream | None = None,
     ) -> Generation:
-        """Queue a request; its tokens arrive on the returned :class:`Generation`."""
-        if not input_ids:
-            raise InvalidRequestError("The request has no input tokens; send some text.")
-        generation = Generation(prompt, [int(i) for i in input_ids], params, label, stop_check=stop_check)
-        if loop is not None:
-            generation._loop, generation._async_events = loop, asyncio.Queue()
-        with self._wake:
+        """Queue one generation; its outputs arrive on the returned :class:`Generation`."""
+        generation = Generation(prompt, [int(i) for i in input_ids], params, label, text=text)
+        self.submit_all([generation], loop=loop)
+        return generation
+
+    def submit_all(self, generations: Sequence[Generation], *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue the generations of one request, all or none. A request larger than the server can ever hold is
+        refused (:class:`RequestTooLargeForServerError`, naming the limit); one that does not fit now is
+        :class:`ServerBusyError`."""
+        if len(generations) > self.capacity:
+            raise RequestTooLargeForServerError(
+                f"The request asks for {len(generations)} generations; this server runs {self.max_running} and "
+                f"queues {self.max_queued}, so one request may ask for at most {self.capacity} (prompts x n)."
+            )
+        for generation in generations:
+            if not generation.input_ids:
+                raise InvalidRequestError("The request has no input tokens; send some text.")
+            generation.generator = _generator(generation.params)
+            if loop is not None:
+                generation._loop, generation._async_events = loop, asyncio.Queue()
+        with self._lock:
+            if self._failure is not None:
+                raise ServerStoppingError(f"The server cannot decode ({self._failure}); restart it.")
             if not self._accepting:
                 raise ServerStoppingError("The server is shutting down and takes no new requests.")
-            if self._dead:
-                raise ServerStoppingError("The decoding thread has stopped (see the server log); restart the server.")
-            if len(self._waiting) >= self.max_queued + max(0, self.max_running - len(self._running)):
+            room = self.max_queued + max(0, self.max_running - len(self._running)) - len(self._waiting)
+            if len(generations) > room:
                 raise ServerBusyError(
-                    f"{len(self._waiting)} requests are already waiting (limit {self.max_queued}); retry shortly."
+                    f"The server is at capacity ({len(self._running)} running, {len(self._waiting)} waiting; room "
+                    f"for {max(room, 0)} more generations, this request needs {len(generations)}); retry shortly."
                 )
-            self._waiting.append(generation)
-            self._wake.notify()
-        return generation
+            self._waiting.extend(generations)
+            self._lock.notify()
+
+    def health(self) -> str | None:
+        """None while requests are decoded; otherwise why not (stopping, or the failure that stopped decoding)."""
+        with self._lock:
+            if self._failure is not None:
+                return self._failure
+            if not self._accepting:
+                return "shutting down"
+        return None if self._thread.is_alive() else "the decoding thread is not running"
 
     @property
     def alive(self) -> bool:
-        """Whether the decoding thread is running (False after :meth:`shutdown`, or if it died)."""
-        return self._thread.is_alive() and not self._dead
+        """Whether requests are decoded (False after :meth:`shutdown`, or after a failure no request explains)."""
+        return self.health() is None
 
     def stats(self) -> SchedulerStats:
-        with self._wake:
+        with self._lock:
             return SchedulerStats(len(self._waiting), len(self._running), self._tokens, self._finished)
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
         """Take no new requests; finish the running and waiting ones (``drain``) or cancel them, then stop."""
-        with self._wake:
+        with self._lock:
             self._accepting = False
             if not drain:
-                for generation in [*self._waiting, *(g for g, _ in self._running.values())]:
+                for generation in [*self._waiting, *self._running.values()]:
                     generation.cancel()
             self._stopped = True
-            self._wake.notify()
+            self._lock.notify()
         self._thread.join(timeout)
 
     # --- the decoding loop -----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            while True:
-                with self._wake:
-                    while not self._waiting and not self._running and not self._stopped:
-                        self._wake.wait()
-                    if self._stopped and not self._waiting and not self._running:
-                        return
-                    admitted: list[Generation] = []
-                    while self._waiting and len(self._running) + len(admitted) < self.max_running:
-                        if len(admitted) == self.admit_per_step:
-                            break
-                        admitted.append(self._waiting.popleft())
-                try:
-                    self._step(admitted)
-                except Exception as error:  # a failure of the model: end every affected request, keep serving
-                    self._fail_all(error, admitted)
-        except BaseException as error:  # the loop itself broke: nothing will decode again, so end every request
-            logger.exception("The decoding thread stopped")
-            self._abandon(error)
+            while (admitted := self._next_admissions()) is not None:
+                for generation in admitted:
+                    self._admit(generation)
+                self._retire()
+                if self._batch.ids:
+                    if self._step_hook is not None:
+                        self._step_hook(len(self._batch))
+                    self._decode()
+                    self._retire()
+        except BaseException as error:  # noqa: BLE001 - the model or the loop failed: nothing decodes any more
+            logger.exception("The decoding step failed; the server stops decoding")
+            self._stop_decoding(error)
 
-    def _step(self, admitted: list[Generation]) -> None:
-        for generation in admitted:
-            if generation.cancelled:
-                self._finish(generation, generation._cancel_reason)
-                continue
-            new_row = next(self._ids)
-            try:
-                logits = self._batch.join(new_row, generation.prompt, generation.input_ids)
-            except Exception as error:  # this request's prefill failed: end it alone, the running rows go on
-                logger.exception("Prefill failed; ending that request")
-                generation.error = f"{type(error).__name__}: {error}"
-                self._finish(generation, "error")
-                continue
-            with self._wake:
-                self._running[new_row] = (generation, generation.params.generator())
-            self._accept(new_row, logits)
-        self._retire()
-        if self._batch.ids:
-            last = [self._running[row][0].tokens[-1].id for row in self._batch.ids]
-            logits = self._batch.step(last)
-            for row, row_logits in zip(list(self._batch.ids), logits, strict=True):
-                self._accept(row, row_logits)
-            self._retire()
+    def _next_admissions(self) -> list[Generation] | None:
+        """The waiting requests to prefill this step (waiting for work); None once stopped and drained."""
+        with self._lock:
+            while not self._waiting and not self._running and not self._stopped:
+                self._lock.wait()
+            if self._stopped and not self._waiting and not self._running:
+                return None
+            admitted: list[Generation] = []
+            while self._waiting and len(self._running) + len(admitted) < self.max_running:
+                if len(admitted) == self.admit_per_step:
+                    break
+                admitted.append(self._waiting.popleft())
+            return admitted
 
-    def _accept(self, row: Hashable, logits: torch.Tensor) -> None:
-        generation, generator = self._running[row]
+    def _admit(self, generation: Generation) -> None:
+        """Prefill one request into the batch; a failure ends that request alone (the batch is left as it was)."""
+        if generation.cancelled:
+            self._finish(generation, generation._cancel_reason)
+            return
+        row = next(self._ids)
+        try:
+            logits = self._batch.join(row, generation.prompt, generation.input_ids)
+        except Exception as error:
+            logger.exception("Prefill failed; ending that request")
+            self._finish(generation, "error", error)
+            return
+        with self._lock:
+            self._running[row] = generation
+        self._accept(generation, logits)
+
+    def _decode(self) -> None:
+        rows = list(self._batch.ids)
+        logits = self._batch.step([self._running[row].tokens[-1].id for row in rows])
+        for row, row_logits in zip(rows, logits, strict=True):
+            self._accept(self._running[row], row_logits)
+
+    def _accept(self, generation: Generation, logits: torch.Tensor) -> None:
+        """Choose a row's next token and send it out; a failure here ends that row alone."""
         if generation.cancelled:
             return
-        token = choose(logits, generation.params, generator)
-        if generation.first_token_at is None:
-            generation.first_token_at = time.perf_counter()
-        generation.tokens.append(token)
-        self._tokens += 1
-        if token.id in self.eos_token_ids | generation.params.stop_token_ids:
-            generation.finish_reason = "stop"
+        try:
+            token = choose(logits, generation.params, generation.generator)
+            if generation.first_token_at is None:
+                generation.first_token_at = time.perf_counter()
+            generation.tokens.append(token)
+            self._tokens += 1
+            if token.id in self.eos_token_ids | generation.params.stop_token_ids:
+                generation.finish_reason = "stop"
+                return
+            text = "" if generation.text is None else generation.text.push(token.id)
+            # Decided before the token goes out: whoever reads the last token finds the generation finished.
+            if generation.text is not None and generation.text.stopped:
+                generation.finish_reason = "stop"
+            elif len(generation.tokens) >= generation.params.max_tokens:
+                generation.finish_reason = "length"
+            if self._on_token is not None:
+                self._on_token(generation, token)
+        except Exception as error:
+            logger.exception("Choosing a token failed; ending that request")
+            generation.error, generation.finish_reason = _reason(error), "error"
             return
-        # Decided before the token goes out: whoever reads the last token finds the generation finished.
-        if generation.stop_check is not None and generation.stop_check(token):
-            generation.finish_reason = "stop"
-        elif len(generation.tokens) >= generation.params.max_tokens:
-            generation.finish_reason = "length"
-        if self._on_token is not None:
-            self._on_token(generation, token)
-        generation._emit(token)
+        generation._emit(Output(token, text))
 
     def _retire(self) -> None:
-        done = [row for row, (g, _) in self._running.items() if g.finish_reason is not None or g.cancelled]
+        done = [row for row, g in self._running.items() if g.finish_reason is not None or g.cancelled]
         if not done:
             return
         self._batch.leave(done)
-        for row in done:
-            with self._wake:
-                generation, _ = self._running.pop(row)
+        with self._lock:
+            retired = [self._running.pop(row) for row in done]
+        for generation in retired:
             self._finish(generation, generation.finish_reason or generation._cancel_reason)
 
-    def _finish(self, generation: Generation, reason: str) -> None:
+    def _finish(self, generation: Generation, reason: str, error: BaseException | None = None) -> None:
         generation.finish_reason = reason
-        with self._wake:
+        if error is not None:
+            generation.error = _reason(error)
+        if reason != "error" and generation.text is not None:
+            try:
+                generation.tail = generation.text.finish()
+            except Exception as failure:  # noqa: BLE001 - this request's text alone
+                generation.finish_reason, generation.error = "error", _reason(failure)
+        with self._lock:
             self._finished += 1
         if self._on_finish is not None:  # before the end goes out: a client that saw it finds it counted
-            self._on_finish(generation)
+            try:
+                self._on_finish(generation)
+            except Exception:  # noqa: BLE001 - a listener's failure is not the request's
+                logger.exception("A finish listener failed")
         generation._emit(_END)
 
-    def _fail_all(self, error: Exception, admitted: list[Generation]) -> None:
-        logger.exception("Decoding step failed; ending the %d running requests", len(self._running))
-        rows = list(self._running)
-        self._batch.leave(rows)
-        for row in rows:
-            with self._wake:
-                generation, _ = self._running.pop(row)
-            generation.error = f"{type(error).__name__}: {error}"
-            self._finish(generation, "error")
-        for generation in admitted:  # taken from the queue but not yet in the batch when the step failed
-            if generation.finish_reason is None:
-                generation.error = f"{type(error).__name__}: {error}"
-                self._finish(generation, "error")
-
-    def _abandon(self, error: BaseException) -> None:
-        with self._wake:
-            self._dead = True
-            pending = [*self._waiting, *(g for g, _ in self._running.values())]
+    def _stop_decoding(self, error: BaseException) -> None:
+        """After a failure no request explains: accept nothing, end every request with the reason."""
+        reason = f"the decoding step failed: {_reason(error)}"
+        with self._lock:
+            self._failure = reason
+            pending = [*self._waiting, *self._running.values()]
             self._waiting.clear()
             self._running.clear()
         for generation in pending:
-            generation.error = f"The decoding thread stopped ({type(error).__name__}: {error})"
-            self._finish(generation, "error")
+            generation.error = reason
+            try:
+                self._finish(generation, "error")
+            except Exception:  # noqa: BLE001 - every other request must still be ended
+                logger.exception("Ending a request failed")
+
+
+def _generator(params: SamplingParams) -> torch.Generator | None:
+    try:
+        return params.generator()
+    except (ValueError, RuntimeError, OverflowError) as error:
+        raise InvalidRequestError(f"The request's seed cannot start a random generator: {error}.") from None
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

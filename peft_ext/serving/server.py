@@ -2,6 +2,10 @@
 
 On SIGINT/SIGTERM (or :meth:`Server.stop`) uvicorn stops accepting connections and waits for the open requests,
 streams included, to finish (its graceful shutdown); then the scheduler finishes whatever is still queued and stops.
+
+Connections cannot be held open for nothing: a connection closes when it has not sent a whole request (headers and
+body) within ``request_timeout_s`` of opening or of its previous answer (so neither a silent socket nor one that
+trickles a header line at a time stays), and uvicorn closes one idle between requests after ``keep_alive_s``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from ..errors import ServerBindError
 from .app import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TOKENS_LIMIT, create_app
+from .cli import DEFAULT_KEEP_ALIVE_S, DEFAULT_REQUEST_TIMEOUT_S
 from .service import Service
 
 
@@ -42,14 +47,28 @@ class Server:
         max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
         log_level: str = "info",
         access_log: bool = True,
+        docs: bool = False,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
     ) -> None:
         import uvicorn
 
         self.service, self.sock = service, sock
         self.app = create_app(
-            service, api_key=api_key, max_request_bytes=max_request_bytes, max_tokens_limit=max_tokens_limit
+            service,
+            api_key=api_key,
+            max_request_bytes=max_request_bytes,
+            max_tokens_limit=max_tokens_limit,
+            docs=docs,
         )
-        config = uvicorn.Config(self.app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=None)
+        config = uvicorn.Config(
+            self.app,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=None,
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]  # a float works: it goes to call_later
+            http=_request_timeout_protocol(request_timeout_s),
+        )
         self._uvicorn = uvicorn.Server(config)
 
     @property
@@ -86,3 +105,47 @@ def _hold_signals() -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {number: signal.signal(number, lambda *_: None) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _request_timeout_protocol(timeout_s: float) -> type[Any]:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request within ``timeout_s`` of
+    opening or of its previous answer (uvicorn itself only times out connections idle after an answer)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class RequestTimeoutProtocol(H11Protocol):
+        _deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is not h11.DONE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return RequestTimeoutProtocol

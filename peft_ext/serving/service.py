@@ -2,9 +2,10 @@
 
 A request names a model (the base, a loaded prompt or a store reference, see :mod:`.prompts`), gives text (or chat
 messages, rendered by the tokenizer's chat template) and sampling parameters. The service encodes it, checks that
-it fits the model's context, submits ``n`` generations (seeds ``seed``, ``seed + 1``, ...) to the continuous-batching
-:class:`~.scheduler.Scheduler`, and turns their tokens into text pieces, ending a choice at its first ``stop``
-string. It knows nothing of HTTP; every refusal is a named error from :mod:`peft_ext.errors`.
+it fits the model's context, and submits ``n`` generations (seeds ``seed``, ``seed + 1``, ... modulo 2**64) to the
+continuous-batching :class:`~.scheduler.Scheduler`, all or none; each generation's text (and its ``stop`` strings)
+is made on the decoding thread, where its tokens are. It knows nothing of HTTP; every refusal is a named error from
+:mod:`peft_ext.errors`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..engine.engine import Prompt
 from ..errors import ChatTemplateError, ContextLengthError, GenerationError, InvalidRequestError
 from ..multi import MultiPromptModel
 from .prompts import PromptRegistry
-from .sampling import SamplingParams, Token
-from .scheduler import Generation, Scheduler
+from .sampling import SEED_MAX, SamplingParams, Token
+from .scheduler import Generation, Output, Scheduler
 from .text import TextStream
 
 
@@ -59,8 +60,10 @@ class Service:
 
     ``model`` and ``tokenizer`` are the base model and its tokenizer, served under ``base_name``. ``store`` is where
     store references (``repo:task@^1.2``) are pulled from (default: the local store); a pulled prompt must have been
-    trained on this very model (its :class:`hub.base_ref.BaseModelRef`: what its loader recorded, and the fingerprints
-    of its embeddings and tokenizer). ``max_running`` requests decode together; up to ``max_queued`` more wait.
+    trained on this very model (its :class:`peft_ext.base_ref.BaseModelRef`: what its loader recorded, and the
+    fingerprints of its embeddings and tokenizer). ``max_running`` requests decode together; up to ``max_queued``
+    more wait. ``step_hook`` is the scheduler's (see :class:`~.scheduler.Scheduler`); ``registry`` options go to
+    :class:`~.prompts.PromptRegistry` (its bounds and store-lookup timeout).
     """
 
     def __init__(
@@ -72,13 +75,15 @@ class Service:
         store: Any = None,
         max_running: int = 32,
         max_queued: int = 256,
+        step_hook: Callable[[int], None] | None = None,
+        registry: dict[str, Any] | None = None,
     ) -> None:
-        from hub.base_ref import BaseModelRef
+        from ..base_ref import BaseModelRef
 
         base_ref = BaseModelRef.from_model(model, tokenizer)
         self.tokenizer = tokenizer
         self.prompts = MultiPromptModel(model, tokenizer)
-        self.registry = PromptRegistry(self.prompts, base_name, store=store, base_ref=base_ref)
+        self.registry = PromptRegistry(self.prompts, base_name, store=store, base_ref=base_ref, **(registry or {}))
         self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self._token_listeners: list[Callable[[Generation, Token], None]] = []
@@ -90,6 +95,7 @@ class Service:
             max_queued=max_queued,
             on_token=self._on_token,
             on_finish=self._on_finish,
+            step_hook=step_hook,
         )
 
     @property
@@ -123,13 +129,25 @@ class Service:
 
     def lookup(self, model: str) -> Target:
         """Resolve a request's ``model``; a store reference is pulled and verified on first use (blocking)."""
-        prompt, name = self.registry.lookup(model)
-        length = 0 if prompt is None else int(prompt.compute().shape[0])
-        return Target(name, prompt, length)
+        return _target(*self.registry.lookup(model))
+
+    async def resolve(self, model: str) -> Target:
+        """:meth:`lookup` for the event loop: a known ``model`` answers at once, a store lookup runs on the
+        registry's own threads (shared by every request naming that reference) and is awaited at most the
+        registry's ``lookup_timeout_s``."""
+        found = self.registry.known(model)
+        if found is None:
+            pending = asyncio.shield(asyncio.wrap_future(self.registry.lookup_reference(model)))
+            try:
+                await asyncio.wait_for(pending, self.registry.lookup_timeout_s)
+            except TimeoutError:
+                raise self.registry.timeout(model) from None
+            found = self.registry.lookup(model)
+        return _target(*found)
 
     def encode_text(self, text: str) -> list[int]:
         """A completion prompt's token ids, as ``MultiPromptModel`` encodes text (the tokenizer's special tokens)."""
-        return [int(i) for i in self.tokenizer(text)["input_ids"]]
+        return [int(i) for i in self.tokenizer(_checked_text(text, "prompt"))["input_ids"]]
 
     def token_ids(self, ids: Sequence[int]) -> list[int]:
         """Token ids given by a client, refused unless every one is in the model's vocabulary."""
@@ -149,13 +167,15 @@ class Service:
             raise ChatTemplateError(
                 f"The model {self.base_name!r} has no chat template (its tokenizer sets none); use /v1/completions."
             )
+        for message in messages:
+            _checked_text(message.get("content") or "", f"the content of a {message.get('role')!r} message")
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as error:  # jinja2's TemplateError and whatever a template raises for messages it refuses
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ChatTemplateError(f"The chat template cannot render these messages: {reason}") from None
         # The template writes the special tokens (BOS, role markers) itself.
-        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return [int(i) for i in self.tokenizer(_checked_text(text, "chat"), add_special_tokens=False)["input_ids"]]
 
     def max_tokens(self, target: Target, inputs: Sequence[Sequence[int]], requested: int | None, limit: int) -> int:
         """The ``max_tokens`` to run: ``requested`` (at most ``limit``), or when None all the room the context leaves
@@ -187,27 +207,23 @@ class Service:
         stop: Sequence[str] = (),
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> Run:
-        """Submit ``n`` generations per input (choice ``i * n + j``; seeds ``seed + j``). All or none are queued:
-        :class:`~peft_ext.errors.ServerBusyError` leaves nothing behind."""
+        """Submit ``n`` generations per input (choice ``i * n + j``; seeds ``seed + j``), all or none: a refusal
+        (:class:`~peft_ext.errors.ServerBusyError`, or a request larger than the server holds) queues nothing."""
         if n < 1:
             raise InvalidRequestError(f"n must be at least 1, got {n}.")
-        generations: list[Generation] = []
-        try:
-            for ids in inputs:
-                for j in range(n):
-                    seeded = params if params.seed is None else replace(params, seed=params.seed + j)
-                    check = _stop_check(self.tokenizer, ids, stop) if stop else None
-                    generations.append(
-                        self.scheduler.submit(
-                            target.prompt, ids, seeded, label=target.name, loop=loop, stop_check=check
-                        )
-                    )
-        except BaseException:
-            for generation in generations:
-                generation.cancel()
-            raise
-        streams = [TextStream(self.tokenizer, g.input_ids, stop) for g in generations]
-        return Run(generations, streams, prompt_tokens=sum(len(ids) for ids in inputs))
+        generations = [
+            Generation(
+                target.prompt,
+                list(ids),
+                params if params.seed is None else replace(params, seed=(params.seed + j) % (SEED_MAX + 1)),
+                target.name,
+                text=TextStream(self.tokenizer, ids, stop),
+            )
+            for ids in inputs
+            for j in range(n)
+        ]
+        self.scheduler.submit_all(generations, loop=loop)
+        return Run(generations, prompt_tokens=sum(len(ids) for ids in inputs))
 
     def generate(
         self, model: str, texts: Iterable[str], params: SamplingParams, *, stop: Sequence[str] = (), limit: int = 4096
@@ -218,29 +234,31 @@ class Service:
         params = replace(params, max_tokens=self.max_tokens(target, inputs, params.max_tokens, limit))
         return self.start(target, inputs, params, stop=stop).wait()
 
+    def health(self) -> str | None:
+        """None while requests are decoded; otherwise why not (shutting down, or the failure that stopped it)."""
+        return self.scheduler.health()
+
     def healthy(self) -> bool:
-        """Whether requests are being decoded (False once shut down or if the decoding thread died)."""
-        return self.scheduler.alive
+        return self.health() is None
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
         """Take no new requests; finish the running and waiting ones (``drain``) or cancel them."""
         self.scheduler.shutdown(drain=drain, timeout=timeout)
+        self.registry.close()
 
 
 class Run:
     """The generations of one request, as text pieces (streamed) or whole choices."""
 
-    def __init__(self, generations: list[Generation], streams: list[TextStream], prompt_tokens: int) -> None:
+    def __init__(self, generations: list[Generation], prompt_tokens: int) -> None:
         self.generations = generations
-        self._choices = [
-            _ChoiceText(index, g, s) for index, (g, s) in enumerate(zip(generations, streams, strict=True))
-        ]
+        self._choices = [_ChoiceText(index, g) for index, g in enumerate(generations)]
         self.prompt_tokens = prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        """Tokens generated for the choices' answers (an end-of-sequence token counts; none past a stop string)."""
-        return sum(choice.tokens_used for choice in self._choices)
+        """Tokens generated for the choices' answers (an end-of-sequence or stop-string token counts)."""
+        return sum(len(g.tokens) for g in self.generations)
 
     def cancel(self) -> None:
         for generation in self.generations:
@@ -253,12 +271,10 @@ class Run:
 
         async def follow(choice: _ChoiceText) -> None:
             try:
-                async for token in choice.generation.stream():
-                    piece = choice.feed(token)
+                async for output in choice.generation.stream():
+                    piece = choice.feed(output)
                     if piece is not None:
                         queue.put_nowait(piece)
-                    if choice.done:
-                        return
                 queue.put_nowait(choice.end())
             except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
                 queue.put_nowait(error)
@@ -292,61 +308,52 @@ class Run:
         choices = []
         for choice in self._choices:
             whole = Choice(choice.index)
-            for token in choice.generation:
-                piece = choice.feed(token)
+            for output in choice.generation:
+                piece = choice.feed(output)
                 if piece is not None:
                     _append(whole, piece)
-                if choice.done:
-                    break
-            else:
-                _append(whole, choice.end())
+            _append(whole, choice.end())
             choices.append(whole)
         return choices
 
 
 class _ChoiceText:
-    """One generation's tokens turned into pieces: a piece when text comes out, the last one with the reason."""
+    """One generation's outputs grouped into pieces: a piece when text comes out (with the tokens behind it), the
+    last one with the finish reason and the text held back until the end."""
 
-    def __init__(self, index: int, generation: Generation, text: TextStream) -> None:
-        self.index, self.generation, self.text = index, generation, text
+    def __init__(self, index: int, generation: Generation) -> None:
+        self.index, self.generation = index, generation
         self._pending: list[Token] = []
-        self.done = False
-        self.tokens_used = 0
 
-    def feed(self, token: Token) -> Piece | None:
-        self._pending.append(token)
-        self.tokens_used += 1
-        text = self.text.push(token.id)
-        if self.text.stopped:  # a stop string: the rest of the text is cut and the row freed
-            self.generation.cancel("stop")
-            return self._finish(text, "stop")
-        if not text:
+    def feed(self, output: Output) -> Piece | None:
+        self._pending.append(output.token)
+        if not output.text:
             return None
         tokens, self._pending = self._pending, []
-        return Piece(self.index, text, tokens)
+        return Piece(self.index, output.text, tokens)
 
     def end(self) -> Piece:
-        reason = self.generation.finish_reason
-        if reason == "error":
-            raise GenerationError(f"Generation failed on the server: {self.generation.error}")
-        self.tokens_used = len(self.generation.tokens)  # ended on its own: its end-of-sequence token included
-        return self._finish(self.text.finish(), reason or "cancelled")
-
-    def _finish(self, text: str, reason: str) -> Piece:
-        self.done = True
+        generation = self.generation
+        if generation.finish_reason == "error":
+            raise GenerationError(f"Generation failed on the server: {generation.error}")
         tokens, self._pending = self._pending, []
-        return Piece(self.index, text, tokens, reason)
+        return Piece(self.index, generation.tail, tokens, generation.finish_reason or "cancelled")
 
 
-def _stop_check(tokenizer: Any, input_ids: Sequence[int], stop: Sequence[str]) -> Callable[[Token], bool]:
-    """For the decoding thread: whether a generation's text has reached a stop string (it then ends at once)."""
-    text = TextStream(tokenizer, input_ids, stop)
+def _target(prompt: Prompt | None, name: str) -> Target:
+    return Target(name, prompt, 0 if prompt is None else int(prompt.compute().shape[0]))
 
-    def reached(token: Token) -> bool:
-        text.push(token.id)
-        return text.stopped
 
-    return reached
+def _checked_text(text: str, what: str) -> str:
+    """``text``, refused when it cannot be encoded as UTF-8 (a lone UTF-16 surrogate, valid in JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequestError(
+            f"{what} contains {error.object[error.start : error.end]!r} at position {error.start}, a lone UTF-16 "
+            "surrogate that is not text; send valid Unicode."
+        ) from None
+    return text
 
 
 def _append(choice: Choice, piece: Piece) -> None:

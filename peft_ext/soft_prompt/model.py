@@ -15,8 +15,7 @@ import torch
 from peft.tuners.tuners_utils import BasePromptEncoder
 from torch import nn
 
-from ..adapter_files import PROMPT_KEY
-from ..adapter_io import check_prompt_tensor
+from ..adapter_files import PROMPT_KEY, check_prompt_tensor
 from ..errors import HiddenSizeMismatchError, InvalidAdapterError
 from .config import SoftPromptConfig
 from .encoders import ENCODERS, Reparameterization

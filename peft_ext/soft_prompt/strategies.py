@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..adapter_files import read_adapter_folder
-from ..adapter_io import check_prompt_tensor
+from ..adapter_files import check_prompt_tensor, read_adapter_folder
 from ..errors import (
     EmptyInitTextError,
     InitTextLengthError,

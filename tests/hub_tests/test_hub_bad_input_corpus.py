@@ -57,6 +57,7 @@ from hub.errors import (
 )
 
 CONFIG, WEIGHTS, MANIFEST = "adapter_config.json", "adapter_model.safetensors", "peft_ext_manifest.json"
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, as some editors write it
 
 
 class Env:
@@ -146,6 +147,11 @@ def config_with(**change: Any) -> Callable[[Path], None]:
     return damage
 
 
+def add_bom(folder: Path) -> None:
+    """Put a UTF-8 byte-order mark before an otherwise valid config."""
+    (folder / CONFIG).write_bytes(BOM + (folder / CONFIG).read_bytes())
+
+
 def remove(name: str) -> Callable[[Path], None]:
     return lambda folder: (folder / name).unlink()
 
@@ -172,6 +178,7 @@ push_case("config-is-a-dir", InvalidAdapterError, make_dir(CONFIG))
 push_case("config-not-json", InvalidAdapterConfigError, write(CONFIG, "[1, 2"))
 push_case("config-empty", InvalidAdapterConfigError, write(CONFIG, ""))
 push_case("config-not-utf8", InvalidAdapterConfigError, write(CONFIG, b'{"peft_type": "\xff\xfe"}'))
+push_case("config-utf8-bom", InvalidAdapterConfigError, add_bom)
 push_case("config-a-list", InvalidAdapterConfigError, write(CONFIG, "[]"))
 push_case("config-a-string", InvalidAdapterConfigError, write(CONFIG, '"PROMPT_TUNING"'))
 push_case("config-a-number", InvalidAdapterConfigError, write(CONFIG, "4"))
@@ -600,6 +607,7 @@ damaged(
     lambda f: (f / MANIFEST).write_text((f / MANIFEST).read_text().replace('"acc": 1.0', '"acc": 1e999', 1)),
 )
 damaged("manifest-deep", ManifestError, write(MANIFEST, "[" * 100_000))
+damaged("manifest-utf8-bom", ManifestError, lambda f: (f / MANIFEST).write_bytes(BOM + (f / MANIFEST).read_bytes()))
 damaged("manifest-no-weights-entry", ManifestError, manifest_edit(lambda m: m["files"].pop(WEIGHTS)))
 damaged(
     "manifest-extra-entry", ManifestError, manifest_edit(lambda m: m["files"].update({"x.bin": m["files"][CONFIG]}))
@@ -716,17 +724,43 @@ def test_item7_every_listed_input_has_a_named_error(
         assert capsys.readouterr().err.count("\n") == 1
 
 
+BOM_MESSAGE = "starts with a UTF-8 byte-order mark, which PEFT cannot read; save it without one"
+
+
+def test_item11_a_config_with_a_byte_order_mark_is_refused_by_push(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PEFT reads ``adapter_config.json`` as text with ``json.load``, which refuses a BOM: push must refuse it too
+    (it used to accept it, since ``json.loads`` of bytes drops the BOM, and store a version PEFT could not load)."""
+    from peft import PeftConfig
+
+    env.store_root = env.empty_root
+    folder = env.adapter("config-utf8-bom", add_bom)
+    assert (folder / CONFIG).read_bytes().startswith(BOM)
+    with pytest.raises(ValueError, match="BOM"):
+        PeftConfig.from_pretrained(str(folder))  # stock PEFT cannot read it: the reason for refusing
+    with pytest.raises(InvalidAdapterConfigError, match=BOM_MESSAGE) as caught:
+        hub.push(folder, REPO, task="coach", store=env.store)
+    assert str(caught.value).startswith(str(folder / CONFIG))
+    assert main(["push", str(folder), REPO, "--task", "coach", "--root", str(env.store_root)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"hub: error: {caught.value}\n"
+    assert not (env.store_root / REPO).exists()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["hub", "push", "{good}", REPO, "--task", "coach", "--metrics", '{"loss": NaN}', "--root", "{root}"],
+        ["hub", "push", "{bom}", REPO, "--task", "coach", "--root", "{root}"],
         ["hub", "versions", REPO, "coach", "--root", "{a_file}"],
         ["hub", "versions", REPO, "coach", "--store", "hf", "--endpoint", f"http://user:{TOKEN}@127.0.0.1:9"],
     ],
-    ids=["nan-metrics", "root-a-file", "endpoint-credentials"],
+    ids=["nan-metrics", "bom-config", "root-a-file", "endpoint-credentials"],
 )
 def test_real_subprocess_runs_print_one_line(env: Env, argv: list[str]) -> None:
     values = {"good": str(env.adapter("good")), "root": str(env.empty_root), "a_file": str(env.a_file)}
+    values["bom"] = str(env.adapter("config-utf8-bom", add_bom))
     for key, value in values.items():
         argv = [a.replace("{" + key + "}", value) for a in argv]
     command = [sys.executable, "-m", "peft_ext.cli", *argv]

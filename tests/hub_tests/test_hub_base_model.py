@@ -12,7 +12,7 @@ from hub_testutils import REPO
 import hub
 from hub import BaseModelRef, Store
 from hub.errors import BaseModelMismatchError, TensorShapeError
-from hub.fingerprints import embedding_fingerprint, tokenizer_fingerprint
+from peft_ext.base_ref import embedding_fingerprint, tokenizer_fingerprint
 
 
 def test_matching_base_passes_and_other_weights_are_refused(

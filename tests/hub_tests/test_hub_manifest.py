@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.base_ref import BaseModelRef
 from hub.errors import InvalidMetadataError, ManifestError, ManifestSchemaError
 from hub.manifest import SCHEMA_VERSION, Manifest, check_metadata
 from hub.versions import SemVer
+from peft_ext.base_ref import BaseModelRef
 
 # No deadlines and no too-slow health check: the machine running the suite may be busy.
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

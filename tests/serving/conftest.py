@@ -38,7 +38,8 @@ def make_service(store: hub.LocalStore) -> Iterator[Callable[..., Service]]:
     made: list[Service] = []
 
     def make(**options: object) -> Service:
-        service = Service(make_model("llama"), make_serving_tokenizer(), base_name="tiny", store=store, **options)
+        options = {"store": store, **options}
+        service = Service(make_model("llama"), make_serving_tokenizer(), base_name="tiny", **options)
         for index, name in enumerate(PROMPT_NAMES):
             service.add(name, prompt_tensor(index, length=2 + index))
         made.append(service)

@@ -88,27 +88,25 @@ def running(service: Service, **options: Any) -> Iterator[Server]:
 
 
 class Gate:
-    """Holds the scheduler before each decoding step while closed; a request's prefill (its first token) still runs.
+    """A scheduler ``step_hook`` that holds the decoding thread before each decoding step while closed (a request's
+    prefill, its first token, still runs): ``Service(..., step_hook=gate)`` or ``Scheduler(..., step_hook=gate)``.
 
-    Lets a test act while requests are provably mid-generation, without timing anything.
+    Lets a test act while requests are provably mid-generation, without timing anything. ``waiting`` is set while
+    the scheduler is held; ``steps`` counts the decoding steps that went through.
     """
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self) -> None:
         self._open = threading.Event()
         self._open.set()
-        self.waiting = threading.Event()  # set while the scheduler is held
-        batch = scheduler._batch
-        step = batch.step
+        self.waiting = threading.Event()
+        self.steps = 0
 
-        def held_step(tokens: Any) -> Any:
-            if not self._open.is_set():
-                self.waiting.set()
-                self._open.wait(PATIENCE_S)
-                self.waiting.clear()
-            return step(tokens)
-
-        batch.step = held_step  # type: ignore[method-assign]
-        self._restore = lambda: vars(batch).pop("step", None)
+    def __call__(self, rows: int) -> None:
+        if not self._open.is_set():
+            self.waiting.set()
+            self._open.wait(PATIENCE_S)
+            self.waiting.clear()
+        self.steps += 1
 
     def close(self) -> None:
         self._open.clear()
@@ -116,9 +114,21 @@ class Gate:
     def open(self) -> None:
         self._open.set()
 
-    def remove(self) -> None:
-        self.open()
-        self._restore()
+
+class Trip:
+    """A scheduler ``step_hook`` that raises, at the next decoding step, the error given to :meth:`fail`: a failure
+    of the model that no request explains."""
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+
+    def __call__(self, rows: int) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def reference(service: Service, model: str, input_ids: list[int], max_tokens: int) -> tuple[list[int], str]:
@@ -141,12 +151,11 @@ def words(tokenizer: Any, ids: list[int]) -> list[str]:
 def spy_on_submit(service: Service, monkeypatch: Any) -> list[Any]:
     """Every Generation the service submits from now on (to look at what the scheduler did with a request)."""
     made: list[Any] = []
-    submit = service.scheduler.submit
+    submit_all = service.scheduler.submit_all
 
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        generation = submit(*args, **kwargs)
-        made.append(generation)
-        return generation
+    def recording(generations: Any, **kwargs: Any) -> Any:
+        submit_all(generations, **kwargs)
+        made.extend(generations)
 
-    monkeypatch.setattr(service.scheduler, "submit", recording)
+    monkeypatch.setattr(service.scheduler, "submit_all", recording)
     return made

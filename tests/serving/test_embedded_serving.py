@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    from peft_ext.cli.base_models import load_base_model
+    from peft_ext.base_models import load_base_model
 
     model, tokenizer, _ = load_base_model(show_progress=False)
     service = Service(model, tokenizer, base_name="smollm2")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_testutils import REPO, Gate, running, wait_for
+from serving_testutils import REPO, Gate, Trip, running, wait_for
 
 from peft_ext.serving.server import Server
 
@@ -207,16 +207,38 @@ def test_the_api_key_is_required_when_set(make_service: Any, caplog: pytest.LogC
             assert_openai_error(response, 401, "invalid_api_key")
             assert response.headers["www-authenticate"] == "Bearer" and API_KEY not in response.text
         assert_openai_error(http.get("/v1/models"), 401, "invalid_api_key")
-        assert http.get("/health").status_code == 200 and http.get("/metrics").status_code == 200
+        assert http.get("/health").status_code == 200 and http.head("/health").status_code == 200
+        for path in ("/metrics", "/docs", "/openapi.json"):  # prompt names and the API's shape are not public
+            assert_openai_error(http.get(path), 401, "invalid_api_key")
         authorized = {"Authorization": f"Bearer {API_KEY}"}
         assert http.post("/v1/completions", json=OK, headers=authorized).status_code == 200
         assert http.get("/v1/models", headers=authorized).status_code == 200
+        assert http.get("/metrics", headers=authorized).status_code == 200
+        assert http.get("/docs", headers=authorized).status_code == 404  # off unless asked for
     assert API_KEY not in caplog.text
 
 
+def test_the_docs_are_served_when_asked_for_behind_the_key(make_service: Any) -> None:
+    with running(make_service(), api_key=API_KEY, docs=True) as server, httpx.Client(base_url=server.url) as http:
+        assert_openai_error(http.get("/openapi.json"), 401, "invalid_api_key")
+        authorized = {"Authorization": f"Bearer {API_KEY}"}
+        assert http.get("/openapi.json", headers=authorized).json()["info"]["title"] == "peft-ext"
+        assert http.get("/docs", headers=authorized).status_code == 200
+
+
+def test_an_empty_api_key_is_refused(make_service: Any) -> None:
+    from peft_ext.errors import InvalidConfigError
+    from peft_ext.serving.app import create_app
+
+    for empty in ("", "  "):
+        with pytest.raises(InvalidConfigError, match="API key is empty"):
+            create_app(make_service(), api_key=empty)
+
+
 def test_a_full_queue_is_429_with_retry_after(make_service: Any) -> None:
-    service = make_service(max_running=1, max_queued=0)
-    gate = Gate(service.scheduler)
+    gate = Gate()
+    service = make_service(max_running=1, max_queued=0, step_hook=gate)
+
     gate.close()
     with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
         try:
@@ -232,7 +254,7 @@ def test_a_full_queue_is_429_with_retry_after(make_service: Any) -> None:
                 rest = [line for line in lines if line]
             assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] == "length"
         finally:
-            gate.remove()
+            gate.open()
         assert_healthy(http)
 
 
@@ -251,25 +273,26 @@ def test_an_over_long_body_is_413(make_service: Any) -> None:
         assert_healthy(http)
 
 
-def test_a_model_failure_is_a_500_in_openai_shape_and_the_server_goes_on(make_service: Any) -> None:
-    service = make_service()
-    batch = service.scheduler._batch
-    step = batch.step
-
-    def fail_once(tokens: Any) -> Any:
-        batch.step = step  # type: ignore[method-assign]
-        raise RuntimeError("the accelerator fell over")
-
+def test_a_model_failure_is_a_500_in_openai_shape_and_health_tells_the_truth(make_service: Any) -> None:
+    """A decoding step that fails for a reason no request explains ends the requests with a 500 (an error event once
+    streaming), and the server says so: /health is 503 with the reason, /metrics shows it, new requests are 503."""
+    trip = Trip()
+    service = make_service(step_hook=trip)
     with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
-        batch.step = fail_once  # type: ignore[method-assign]
-        message = assert_openai_error(http.post("/v1/completions", json=OK), 500, "generation_failed")
-        assert "the accelerator fell over" in message
-        batch.step = fail_once  # type: ignore[method-assign]
-        with http.stream("POST", "/v1/completions", json=_with(OK, stream=True)) as streamed:
-            assert streamed.status_code == 200  # the failure comes after the headers: as an event
-            events = [line.removeprefix("data: ") for line in streamed.iter_lines() if line]
+        with http.stream("POST", "/v1/completions", json=_with(OK, stream=True, max_tokens=20)) as streamed:
+            assert streamed.status_code == 200
+            lines = streamed.iter_lines()
+            assert next(lines).startswith("data: ")  # running
+            trip.fail(RuntimeError("the accelerator fell over"))
+            events = [line.removeprefix("data: ") for line in lines if line]
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "generation_failed"
-        assert_healthy(http)
+        assert "the accelerator fell over" in json.loads(events[-2])["error"]["message"]
+        health = http.get("/health")
+        assert health.status_code == 503 and "the accelerator fell over" in health.json()["reason"]
+        assert http.head("/health").status_code == 503
+        assert "peft_ext_healthy 0.0" in http.get("/metrics").text
+        refused = http.post("/v1/completions", json=OK)
+        assert_openai_error(refused, 503, "server_shutting_down")
 
 
 def test_a_server_shutting_down_is_503(make_service: Any) -> None:

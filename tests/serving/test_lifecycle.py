@@ -17,9 +17,10 @@ LONG = {"model": "p1", "prompt": "the coach motivate you", "max_tokens": 100, "t
 
 
 def test_a_client_that_hangs_up_frees_its_row(make_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    service = make_service()
+    gate = Gate()
+    service = make_service(step_hook=gate)
     made = spy_on_submit(service, monkeypatch)
-    gate = Gate(service.scheduler)
+
     try:
         with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
             # Streamed: the client reads the first token, then closes the connection mid-stream.
@@ -44,7 +45,7 @@ def test_a_client_that_hangs_up_frees_its_row(make_service: Any, monkeypatch: py
             assert made[1].finish_reason == "cancelled" and len(made[1].tokens) < LONG["max_tokens"]
             assert http.get("/health").json() == {"status": "ok"}
     finally:
-        gate.remove()
+        gate.open()
 
 
 class _Messages(logging.Handler):
@@ -57,8 +58,9 @@ class _Messages(logging.Handler):
 
 
 def test_graceful_shutdown_finishes_accepted_requests(make_service: Any) -> None:
-    service = make_service(max_running=1)
-    gate = Gate(service.scheduler)
+    gate = Gate()
+    service = make_service(max_running=1, step_hook=gate)
+
     gate.close()
     uvicorn_log, messages = logging.getLogger("uvicorn.error"), _Messages()
     try:
@@ -86,7 +88,7 @@ def test_graceful_shutdown_finishes_accepted_requests(make_service: Any) -> None
             server.thread.join(300)  # type: ignore[attr-defined]
             assert not server.thread.is_alive()  # type: ignore[attr-defined]
     finally:
-        gate.remove()
+        gate.open()
         uvicorn_log.removeHandler(messages)
     chunks = [json.loads(line.removeprefix("data: ")) for line in [first, *rest[:-1]]]
     assert rest[-1] == "data: [DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"

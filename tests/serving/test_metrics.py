@@ -23,8 +23,9 @@ def _scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 def test_metrics_report_traffic_and_state(make_service: Any) -> None:
-    service = make_service()
-    gate = Gate(service.scheduler)
+    gate = Gate()
+    service = make_service(step_hook=gate)
+
     body = {"model": "p6", "prompt": "hello world", "max_tokens": 4, "temperature": 0}
     try:
         with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
@@ -48,7 +49,7 @@ def test_metrics_report_traffic_and_state(make_service: Any) -> None:
                 wait_for(lambda: _scrape(http)[("peft_ext_running_requests", ())] == 1, "a running request")
                 gate.open()
     finally:
-        gate.remove()
+        gate.open()
 
 
 def test_each_app_has_its_own_registry(make_service: Any) -> None:

@@ -24,9 +24,12 @@ TEXTS = [
 ]
 
 
+GATE = Gate()  # the module's service holds its decoding steps while this is closed
+
+
 @pytest.fixture(scope="module")
 def service(make_service: Any) -> Service:
-    return make_service()
+    return make_service(step_hook=GATE)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +165,7 @@ def test_concurrent_requests_equal_each_request_alone(service: Service, client: 
         expected.append(reference(service, model, ids, max_tokens))
 
     # Hold decoding until every request is in, so that they are batched together, joining and leaving mid-way.
-    gate = Gate(service.scheduler)
+    gate = GATE
     gate.close()
     finished = service.scheduler.stats().requests_finished
     try:
@@ -178,7 +181,7 @@ def test_concurrent_requests_equal_each_request_alone(service: Service, client: 
             gate.open()
             answers = [future.result() for future in futures]
     finally:
-        gate.remove()
+        gate.open()
     for request, (tokens, reason), (got, got_reason, text) in zip(requests, expected, answers, strict=True):
         assert (got, got_reason) == (tokens, reason), request
         assert text.split() == words(service.tokenizer, tokens), request

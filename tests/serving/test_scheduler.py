@@ -7,14 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from serving_testutils import EOS, Gate, prompt_tensor, wait_for
+from serving_testutils import EOS, Gate, Trip, make_serving_tokenizer, prompt_tensor, wait_for
 from tiny_models import make_model
 
 from peft_ext import MultiPromptModel
 from peft_ext.engine import Prompt
-from peft_ext.errors import ServerStoppingError
+from peft_ext.errors import InvalidRequestError, ServerStoppingError
 from peft_ext.serving.sampling import SamplingParams
-from peft_ext.serving.scheduler import Scheduler
+from peft_ext.serving.scheduler import Generation, Scheduler, SchedulerStats
+from peft_ext.serving.text import TextStream
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 INPUT = [4, 6, 7, 8]
@@ -28,8 +29,13 @@ def served() -> MultiPromptModel:
 
 
 @pytest.fixture
-def scheduler(served: MultiPromptModel) -> Iterator[Scheduler]:
-    scheduler = Scheduler(served.engine, eos_token_ids=[EOS])
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def scheduler(served: MultiPromptModel, gate: Gate) -> Iterator[Scheduler]:
+    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=gate)
     yield scheduler
     scheduler.shutdown(drain=False)
 
@@ -46,15 +52,18 @@ def _broken_prompt() -> Prompt:
     return Prompt(None, compute)
 
 
-def test_a_failing_prefill_ends_only_its_own_request(served: MultiPromptModel, scheduler: Scheduler) -> None:
+def test_a_failing_prefill_ends_only_its_own_request(
+    served: MultiPromptModel, scheduler: Scheduler, gate: Gate
+) -> None:
     long = SamplingParams(max_tokens=30, temperature=0.0)
+    gate.close()
     running = scheduler.submit(served.row_prompt("a"), INPUT, long)
-    wait_for(lambda: running.tokens, "the first request to run")
-    # Admitted in one step (the scheduler's lock is re-entrant): one that fails between two that do not.
-    with scheduler._wake:
-        before = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
-        broken = scheduler.submit(_broken_prompt(), INPUT, GREEDY)
-        after = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+    wait_for(gate.waiting.is_set, "the first request to run")
+    # Admitted in one step, while the first request is held: one that fails between two that do not.
+    before = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+    broken = scheduler.submit(_broken_prompt(), INPUT, GREEDY)
+    after = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+    gate.open()
     for generation in (running, before, broken, after):
         wait_for(lambda g=generation: g.finish_reason, "every request to finish")
     assert broken.finish_reason == "error" and "cannot be computed" in (broken.error or "")
@@ -64,52 +73,87 @@ def test_a_failing_prefill_ends_only_its_own_request(served: MultiPromptModel, s
     assert scheduler.alive
 
 
-def test_a_generation_ends_for_the_reason_its_caller_gives(served: MultiPromptModel, scheduler: Scheduler) -> None:
-    with scheduler._wake:  # cancelled while still waiting
-        waiting = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
-        waiting.cancel("stop")
-    assert list(waiting) == [] and waiting.finish_reason == "stop"
-    gate = Gate(scheduler)
-    gate.close()  # the row cannot get past its first token until the test says so
-    gone = scheduler.submit(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=100, temperature=0.0))
-    next(iter(gone))
-    gone.cancel()
+def test_a_failure_choosing_a_token_ends_only_that_row(
+    served: MultiPromptModel, scheduler: Scheduler, gate: Gate
+) -> None:
+    """What fails after a row joined the batch (here its sampling, on logits it cannot sample from) removes exactly
+    that row: the others finish with their own tokens, and the scheduler's books match its batch."""
+    long = SamplingParams(max_tokens=30, temperature=0.0)
+    gate.close()
+    running = [scheduler.submit(served.row_prompt("a"), INPUT, long) for _ in range(2)]
+    wait_for(lambda: scheduler.stats().running == 2 and gate.waiting.is_set(), "two requests to run")
+    poisoned = Generation(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=5, temperature=1.0, top_p=0.5))
+    scheduler.submit_all([poisoned])
+    poisoned.params = _Unsampleable()  # type: ignore[assignment]  # fails on the decoding thread, not at submit
     gate.open()
-    assert list(gone) == [] and gone.finish_reason == "cancelled" and len(gone.tokens) == 1
+    for generation in (*running, poisoned):
+        wait_for(lambda g=generation: g.finish_reason, "every request to finish")
+    assert poisoned.finish_reason == "error" and "cannot sample" in (poisoned.error or "")
+    for generation in running:
+        assert [t.id for t in generation.tokens] == _alone(served, 30) and generation.finish_reason == "length"
+    wait_for(lambda: scheduler.stats().running == 0, "the batch to empty")
+    after = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+    assert [o.token.id for o in after] == _alone(served, 8) and scheduler.alive
+
+
+class _Unsampleable:
+    """Sampling parameters whose every use fails (a stand-in for any per-row failure after the row joined)."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError("cannot sample this row")
+
+
+def test_a_bad_seed_is_refused_before_anything_is_queued(served: MultiPromptModel, scheduler: Scheduler) -> None:
+    with pytest.raises(InvalidRequestError, match="seed must be an integer"):
+        SamplingParams(temperature=1.0, seed=1 << 64)
+    assert scheduler.stats().queued == 0 and scheduler.alive
+
+
+def test_a_generation_ends_for_the_reason_its_caller_gives(
+    served: MultiPromptModel, scheduler: Scheduler, gate: Gate
+) -> None:
+    gate.close()
+    first = scheduler.submit(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=100, temperature=0.0))
+    wait_for(gate.waiting.is_set, "the scheduler to be held")
+    waiting = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+    waiting.cancel("stop")  # cancelled while still waiting: it never runs
+    assert next(iter(first)).token.id == _alone(served, 1)[0]
+    first.cancel()
+    gate.open()
+    assert list(first) == [] and first.finish_reason == "cancelled" and len(first.tokens) == 1
+    assert list(waiting) == [] and waiting.finish_reason == "stop" and waiting.tokens == []
     wait_for(lambda: scheduler.stats().running == 0, "the row to leave the batch")
 
 
-def test_a_stop_check_ends_the_generation_at_that_token(served: MultiPromptModel, scheduler: Scheduler) -> None:
-    seen: list[int] = []
-
-    def third(token: object) -> bool:
-        seen.append(1)
-        return len(seen) == 3
-
-    generation = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY, stop_check=third)
+def test_a_stop_string_ends_the_generation_at_that_token(served: MultiPromptModel, scheduler: Scheduler) -> None:
+    tokenizer = make_serving_tokenizer()
+    expected = _alone(served, 8)
+    third_word = tokenizer.decode([expected[2]], skip_special_tokens=True).strip()
+    text = TextStream(tokenizer, INPUT, stop=[third_word])
+    generation = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY, text=text)
     received = []
-    for token in generation:
-        received.append(token.id)
+    for output in generation:
+        received.append(output.token.id)
         if len(received) == 3:  # the finish is decided before the token goes out
             assert generation.finish_reason == "stop"
-    assert received == _alone(served, 8)[:3] and len(generation.tokens) == 3
+    assert received == expected[:3] and len(generation.tokens) == 3
+    assert third_word not in text.text
     wait_for(lambda: scheduler.stats().requests_finished == 1, "the generation to be retired")
 
 
-def test_a_dead_decoding_thread_refuses_requests(
-    served: MultiPromptModel, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def fail(*args: object) -> None:
-        raise RuntimeError("broken beyond repair")
-
-    monkeypatch.setattr(scheduler._batch, "step", fail)
-    monkeypatch.setattr(scheduler._batch, "leave", fail)  # and the recovery fails too: the thread dies
-    doomed = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
-    with scheduler._wake:  # queued behind it: left waiting forever unless the dying thread ends it
-        waiting = [scheduler.submit(served.row_prompt("a"), INPUT, GREEDY) for _ in range(40)]
-    wait_for(lambda: not scheduler.alive, "the decoding thread to die")
-    for generation in (doomed, *waiting):
-        list(generation)  # its stream ends
-        assert generation.finish_reason == "error" and "decoding thread stopped" in (generation.error or "")
-    with pytest.raises(ServerStoppingError, match="decoding thread has stopped"):
-        scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+def test_a_failing_decoding_step_stops_the_scheduler_and_says_why(served: MultiPromptModel) -> None:
+    trip = Trip()
+    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], max_running=1, step_hook=trip)
+    try:
+        trip.fail(RuntimeError("broken beyond repair"))
+        doomed = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+        waiting = [scheduler.submit(served.row_prompt("a"), INPUT, GREEDY) for _ in range(40)]  # never admitted
+        for generation in (doomed, *waiting):
+            list(generation)  # its stream ends
+            assert generation.finish_reason == "error" and "broken beyond repair" in (generation.error or "")
+        assert not scheduler.alive and "broken beyond repair" in (scheduler.health() or "")
+        with pytest.raises(ServerStoppingError, match="cannot decode"):
+            scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+        assert scheduler.stats() == SchedulerStats(0, 0, 1, 41)
+    finally:
+        scheduler.shutdown(drain=False)

@@ -12,7 +12,6 @@ from serving_testutils import (
     make_serving_tokenizer,
     prompt_tensor,
     reference,
-    spy_on_submit,
     wait_for,
     words,
 )
@@ -86,23 +85,24 @@ def test_an_end_of_sequence_token_ends_the_answer() -> None:
         service.shutdown()
 
 
-def test_n_choices_are_queued_all_or_none(make_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    service = make_service(max_running=1, max_queued=1)
-    gate = Gate(service.scheduler)
+def test_n_choices_are_queued_all_or_none(make_service: Any) -> None:
+    gate = Gate()
+    service = make_service(max_running=1, max_queued=1, step_hook=gate)
     gate.close()
     try:
         target, ids = service.lookup("p0"), service.encode_text(TEXT)
         busy = service.start(target, [ids], SamplingParams(max_tokens=3, temperature=0))
         wait_for(lambda: service.scheduler.stats().running == 1, "the first request to run")
-        made = spy_on_submit(service, monkeypatch)
-        with pytest.raises(ServerBusyError):
-            service.start(target, [ids], SamplingParams(max_tokens=3), n=3)
-        assert len(made) == 1 and made[0].cancelled  # the one that got in is withdrawn
+        with pytest.raises(ServerBusyError, match="room for 1 more generations, this request needs 2"):
+            service.start(target, [ids], SamplingParams(max_tokens=3), n=2)  # one would fit: none is queued
+        assert service.scheduler.stats().queued == 0
+        # More than the server can ever hold is the client's error, not a reason to retry.
+        with pytest.raises(InvalidRequestError, match="at most 2"):
+            service.start(target, [ids, ids], SamplingParams(max_tokens=3), n=2)
+        assert service.scheduler.stats().queued == 0
     finally:
         gate.open()
     assert busy.wait()[0].finish_reason == "length"
-    wait_for(lambda: service.scheduler.stats().queued == 0, "the withdrawn choice to leave the queue")
-    assert made[0].finish_reason == "cancelled" and made[0].tokens == []
 
 
 def test_generate_is_one_shot_completion(service: Service) -> None:

@@ -1,13 +1,25 @@
-"""``BaseModelRef``: which base model a soft prompt was trained on, and the check that a model is that one."""
+"""``BaseModelRef``: which base model a soft prompt was trained on, and the check that a model is that one.
+
+The record belongs to the library: :func:`peft_ext.base_models.load_base_model` attaches one to every model it loads,
+and ``hub`` stores it in each version's manifest and checks it on pull.
+
+The embedding fingerprint hashes the weights rounded to bfloat16 (round-to-nearest-even, little-endian) with their
+shape, so the same checkpoint loaded in float32 or bfloat16 gives the same fingerprint, while any real change to the
+embeddings does not. The tokenizer fingerprint hashes the vocabulary (token -> id, added tokens included) and the
+special tokens with their ids; the tokenizer class (fast or slow) does not enter it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidBaseModelError, ManifestError
-from .fingerprints import embedding_fingerprint, tokenizer_fingerprint
+from .errors import InvalidBaseModelError
+
+_CHUNK_ROWS = 8192
 
 _STR_FIELDS = (
     "model_id",
@@ -20,7 +32,7 @@ _STR_FIELDS = (
     "file_sha256",
 )
 _INT_FIELDS = ("hidden_size", "vocab_size")
-# Where a loader (``peft_ext.cli.base_models.load_base_model``) records on the model what exactly it loaded.
+# Where a loader (``peft_ext.base_models.load_base_model``) records on the model what exactly it loaded.
 MODEL_ATTRIBUTE = "peft_ext_base_info"
 # Identity evidence: when both sides know one of these and they differ, the models differ.
 _STRICT = (
@@ -87,7 +99,7 @@ class BaseModelRef:
         if isinstance(value, dict):
             try:
                 return cls.from_dict(value)
-            except ManifestError as exc:
+            except InvalidBaseModelError as exc:
                 raise InvalidBaseModelError(f"base_model dict is not a BaseModelRef: {exc}") from None
         embeddings = getattr(value, "get_input_embeddings", None)
         if not callable(embeddings) or isinstance(value, (str, bytes)):
@@ -117,14 +129,15 @@ class BaseModelRef:
 
     @classmethod
     def from_dict(cls, data: Any) -> BaseModelRef:
+        """The reference :meth:`to_dict` wrote; a field of the wrong type is :class:`InvalidBaseModelError`."""
         if not isinstance(data, dict):
-            raise ManifestError(f"base_model must be a JSON object, got {type(data).__name__}.")
+            raise InvalidBaseModelError(f"base_model must be a JSON object, got {type(data).__name__}.")
         values: dict[str, Any] = {}
         for name in _STR_FIELDS + _INT_FIELDS:
             value = data.get(name)
             kind = int if name in _INT_FIELDS else str
             if value is not None and (type(value) is not kind):
-                raise ManifestError(f"base_model.{name} must be {kind.__name__} or null, got {value!r}.")
+                raise InvalidBaseModelError(f"base_model.{name} must be {kind.__name__} or null, got {value!r}.")
             values[name] = value
         return cls(**values)
 
@@ -146,3 +159,26 @@ class BaseModelRef:
         name = self.model_id or self.package or "unknown model"
         pin = self.revision or self.package_version
         return f"{name}@{pin[:12]}" if pin else name
+
+
+def embedding_fingerprint(weight: Any) -> str:
+    """sha256 of a 2-D embedding tensor in canonical form: ``"<rows>x<cols>:"`` then bfloat16 LE bytes, row-major."""
+    import torch  # here, so that importing the record (hub's manifest reads it) loads no torch
+
+    weight = weight.detach()
+    digest = hashlib.sha256(f"{weight.shape[0]}x{weight.shape[1]}:".encode())
+    for start in range(0, weight.shape[0], _CHUNK_ROWS):
+        rows = weight[start : start + _CHUNK_ROWS].to("cpu", torch.bfloat16).contiguous()
+        digest.update(rows.view(torch.int16).numpy().astype("<i2", copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's vocabulary and special tokens, canonical JSON."""
+    vocab = sorted((int(i), str(t)) for t, i in tokenizer.get_vocab().items())
+    specials = sorted(
+        (str(t), tokenizer.convert_tokens_to_ids(t)) for t in getattr(tokenizer, "all_special_tokens", [])
+    )
+    roles = {role: getattr(tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "pad", "unk", "sep", "cls")}
+    payload = json.dumps({"vocab": vocab, "special": specials, "roles": roles}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

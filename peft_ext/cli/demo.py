@@ -3,7 +3,8 @@
 Two soft prompts on one frozen base model - one trained on a dataset of prompts ("I want you to act as ..."), one on
 motivational quotes - with fixed-text init, trained in one mixed-batch run, compared before and after on the seed's
 two inputs, pushed to the local store as 1.0.0, pulled back by constraint with their base model verified, and served
-side by side from one ``MultiPromptModel`` in a single mixed batch. It lives in ``hub`` because it shares prompts.
+side by side from one ``MultiPromptModel`` in a single mixed batch. An application, like the rest of
+``peft_ext.cli``: it uses both the library and ``hub``.
 """
 
 from __future__ import annotations
@@ -108,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
     import torch  # the demo's heavy work starts here; registering the command (``--help``) stays instant
     from peft import get_peft_model
 
-    from peft_ext import MultiPromptModel, SoftPromptConfig
-    from peft_ext.cli.base_models import load_base_model
-    from peft_ext.cli.data import packaged_prompts, packaged_quotes
-    from peft_ext.cli.plots import plot_before_after, plot_losses
-    from peft_ext.training import train_soft_prompts
+    from hub import api
+    from hub.stores.local import LocalStore
 
-    from .. import api
-    from ..stores.local import LocalStore
+    from .. import MultiPromptModel, SoftPromptConfig
+    from ..base_models import load_base_model
+    from ..training import train_soft_prompts
+    from .data import packaged_prompts, packaged_quotes
+    from .plots import plot_before_after, plot_losses
 
     started = time.perf_counter()
     output = args.output or os.path.join("peft-ext-output", time.strftime("demo-%Y%m%d-%H%M%S"))

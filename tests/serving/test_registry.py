@@ -1,0 +1,136 @@
+"""Store references off the request path: a slow store never stalls requests for prompts already loaded, one lookup
+per reference however many requests wait for it, a bounded wait (504) and a bounded number of lookups in flight
+(429), and a registry that stays bounded whatever spellings of references clients send."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from serving_testutils import PATIENCE_S, REPO, reference, running, wait_for, words
+
+import hub
+from peft_ext.errors import InvalidModelNameError, ServerBusyError
+
+COACH = f"{REPO}:coach"
+LOADED = {"model": "p3", "prompt": "hello world", "max_tokens": 4, "temperature": 0}
+
+
+class StalledStore(hub.LocalStore):
+    """The serving tests' store, whose version lookups wait until :meth:`release` (a Hub that does not answer),
+    counting them."""
+
+    def __init__(self, store: hub.LocalStore) -> None:
+        super().__init__(store.root)
+        self.released = threading.Event()
+        self.calls = 0
+        self.waiting = 0
+        self._count = threading.Lock()
+
+    def versions(self, repo: str, task: str) -> Any:
+        with self._count:
+            self.calls += 1
+            self.waiting += 1
+        try:
+            self.released.wait(PATIENCE_S)
+        finally:
+            with self._count:
+                self.waiting -= 1
+        return super().versions(repo, task)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_stalled_store_never_holds_requests_for_loaded_prompts(make_service: Any, store: hub.LocalStore) -> None:
+    stalled = StalledStore(store)
+    service = make_service(store=stalled, registry={"max_pending": 8})
+    expected, _ = reference(service, "p3", service.encode_text(LOADED["prompt"]), 4)
+    with running(service) as server, httpx.Client(base_url=server.url, timeout=PATIENCE_S) as http:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            # 45 requests name one reference; each spelling is one lookup, shared by every request naming it.
+            models = [f"{COACH}@{spelling}" for spelling in ("^1.0", "~1.1", "1.1.0")]
+            stuck = [
+                pool.submit(http.post, "/v1/completions", json={**LOADED, "model": models[i % 3]}) for i in range(45)
+            ]
+            wait_for(lambda: stalled.waiting == 3, "the three lookups to reach the store")
+            # Meanwhile loaded prompts answer, with their own tokens, while every lookup is stalled.
+            for _ in range(10):
+                answer = http.post("/v1/completions", json=LOADED).json()["choices"][0]
+                assert answer["text"].split() == words(service.tokenizer, expected)
+            assert stalled.waiting == 3 and not any(f.done() for f in stuck)
+            # Up to the limit of lookups in flight, other references wait on the store too; one more is refused.
+            others = [f"{COACH}@^1.{minor}" for minor in range(0, 1)] + [f"{COACH}@~1.{m}" for m in (0,)]
+            others += [f"{COACH}@latest", f"{COACH}@^1", f"{COACH}"]
+            stuck += [pool.submit(http.post, "/v1/completions", json={**LOADED, "model": m}) for m in others]
+            wait_for(lambda: service.registry.sizes()["pending"] == 8, "the lookups in flight to reach the limit")
+            refused = http.post("/v1/completions", json={**LOADED, "model": f"{COACH}@~1"})
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "server_busy"
+            assert http.post("/v1/completions", json=LOADED).status_code == 200
+            stalled.release()
+            results = [f.result() for f in stuck]
+        assert all(r.status_code == 200 for r in results)
+        assert {r.json()["model"] for r in results} == {f"{COACH}@1.0.0", f"{COACH}@1.1.0"}
+        assert stalled.calls == 3 + len(others)  # one lookup per reference, not one per request
+        assert http.get("/health").json() == {"status": "ok"}
+
+
+def test_a_request_waits_for_a_lookup_at_most_the_timeout(make_service: Any, store: hub.LocalStore) -> None:
+    stalled = StalledStore(store)
+    service = make_service(store=stalled, registry={"lookup_timeout_s": 0.05})
+    with running(service) as server, httpx.Client(base_url=server.url, timeout=PATIENCE_S) as http:
+        late = http.post("/v1/completions", json={**LOADED, "model": f"{COACH}@^1.0"})
+        assert late.status_code == 504 and late.json()["error"]["code"] == "store_timeout"
+        assert "retry shortly" in late.json()["error"]["message"]
+        stalled.release()  # the lookup went on: the next request finds the version
+        wait_for(lambda: service.registry.sizes()["pending"] == 0, "the lookup to finish")
+        assert http.post("/v1/completions", json={**LOADED, "model": f"{COACH}@^1.0"}).status_code == 200
+        assert stalled.calls == 1
+
+
+def test_the_registry_stays_bounded_whatever_spellings_clients_send(make_service: Any) -> None:
+    """10,000 requests naming 1,000 spellings of references (whitespace around them, every constraint form, other
+    repos): spellings with whitespace are refused and never remembered; the registry keeps at most its bounds."""
+    service = make_service(registry={"max_references": 4, "max_pulled": 1})
+    constraints = ["", "@latest", "@^1", "@^1.0", "@^1.0.0", "@~1", "@~1.0", "@1.0.0", "@1.1.0", "@~1.1"]
+    valid = [f"{COACH}{c}" for c in constraints]
+    padding = ["", " ", "\n", "\t", " \n", "\r\n", "\u00a0", "\u2003", "\x00", "\x0b"]
+    spellings = [f"{before}{model}{after}" for model in valid for before in padding for after in padding][:1000]
+    assert len(set(spellings)) == 1000
+    outcomes: dict[str, int] = {}
+    for i in range(10_000):
+        model = spellings[(i * 7919) % 1000]  # every spelling, ten times, interleaved
+        try:
+            service.lookup(model)
+            outcomes["served"] = outcomes.get("served", 0) + 1
+        except InvalidModelNameError:
+            outcomes["refused"] = outcomes.get("refused", 0) + 1
+        sizes = service.registry.sizes()
+        assert sizes["references"] <= 4 and sizes["pulled"] <= 1, sizes
+    assert outcomes == {"served": 100, "refused": 9_900}
+    assert [name for name in service.prompts.names if name.startswith(COACH)] in (
+        [f"{COACH}@1.0.0"],
+        [f"{COACH}@1.1.0"],
+    )
+
+
+def test_whitespace_in_a_model_is_a_400_naming_it(make_service: Any) -> None:
+    with running(make_service()) as server, httpx.Client(base_url=server.url, timeout=PATIENCE_S) as http:
+        for model in (f"{COACH}@1.0.0\n", f" {COACH}", "p3 "):
+            error = http.post("/v1/completions", json={**LOADED, "model": model}).json()["error"]
+            assert error["code"] == "invalid_model_reference" and "whitespace" in error["message"]
+        assert http.post("/v1/completions", json={**LOADED, "model": "x" * 300}).status_code == 400
+
+
+def test_lookups_beyond_the_limit_are_refused_in_the_service(make_service: Any, store: hub.LocalStore) -> None:
+    stalled = StalledStore(store)
+    service = make_service(store=stalled, registry={"max_pending": 1})
+    first = service.registry.lookup_reference(f"{COACH}@^1.0")
+    assert service.registry.lookup_reference(f"{COACH}@^1.0") is first  # single flight
+    with pytest.raises(ServerBusyError, match="store lookups are in flight"):
+        service.registry.lookup_reference(f"{COACH}@~1.1")
+    stalled.release()
+    assert first.result(PATIENCE_S) == f"{COACH}@1.1.0"
