@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidBaseModelError
@@ -78,7 +80,7 @@ class BaseModelRef:
         weight = model.get_input_embeddings().weight
         architectures = getattr(config, "architectures", None) or [type(model).__name__]
         return cls(
-            model_id=known.get("model_id") or getattr(config, "name_or_path", None) or None,
+            model_id=public_id(known.get("model_id") or getattr(config, "name_or_path", None) or None),
             revision=known.get("revision") or getattr(config, "_commit_hash", None) or None,
             architecture=str(architectures[0]),
             hidden_size=int(weight.shape[1]),
@@ -149,16 +151,28 @@ class BaseModelRef:
             if want is not None and got is not None and want != got:
                 problems.append(f"{name}: expected {want!r}, got {got!r}")
         same_weights = self.embedding_sha256 is not None and self.embedding_sha256 == actual.embedding_sha256
-        if not same_weights and self.model_id and actual.model_id and self.model_id != actual.model_id:
-            problems.append(f"model_id: expected {self.model_id!r}, got {actual.model_id!r}")
+        expected, got = public_id(self.model_id), public_id(actual.model_id)
+        if not same_weights and expected and got and expected != got:
+            problems.append(f"model_id: expected {expected!r}, got {got!r}")
         return problems
 
     @property
     def label(self) -> str:
-        """Short text for cards and CLI output."""
-        name = self.model_id or self.package or "unknown model"
+        """Short text for cards, CLI output and error messages (a local folder by its name, never its path)."""
+        name = public_id(self.model_id) or self.package or "unknown model"
         pin = self.revision or self.package_version
         return f"{name}@{pin[:12]}" if pin else name
+
+
+def public_id(model_id: str | None) -> str | None:
+    """A model id fit to record and show: a Hugging Face id as it is, a local folder by its own name only (its path
+    says where someone's files are, and would leak into manifests, cards and a server's errors)."""
+    if not model_id:
+        return model_id
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~", "\\")) or "\\" in model_id or path.is_absolute() or path.exists():
+        return re.split(r"[\\/]", model_id.rstrip("\\/"))[-1] or model_id
+    return model_id
 
 
 def embedding_fingerprint(weight: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidConfigError, MissingExtraError
@@ -107,6 +106,7 @@ def _named_source(value: str) -> tuple[str, str]:
 
 def _service(args: argparse.Namespace, **options: Any) -> Any:
     from ..base_models import EMBEDDED_DEFAULT, load_base_model
+    from ..base_ref import public_id
     from .service import Service
 
     if args.store == "hf":
@@ -120,15 +120,8 @@ def _service(args: argparse.Namespace, **options: Any) -> Any:
 
         store = LocalStore(args.root)
     model, tokenizer, _ = load_base_model(args.base)
-    name = getattr(args, "served_model_name", None) or _public_name(args.base or EMBEDDED_DEFAULT)
+    name = getattr(args, "served_model_name", None) or public_id(args.base) or EMBEDDED_DEFAULT
     return Service(model, tokenizer, base_name=name, store=store, **options)
-
-
-def _public_name(base: str) -> str:
-    """A base model's name as clients see it: a Hugging Face id as it is, a local folder by its own name only (the
-    path says where the server's files are)."""
-    path = Path(base).expanduser()
-    return path.resolve().name if path.exists() else base
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -90,14 +90,24 @@ def test_user_errors_are_one_line(base_folder: Path, tmp_path: Path, store: Any,
             (["generate", "--base", str(tmp_path / "no-model"), "hi"], "No model folder"),
             (["serve", *base, "--port", str(taken.getsockname()[1])], "Cannot listen on 127.0.0.1"),
             (["serve", *base, "--port", "0", "--max-running", "0"], "--max-running"),
+            (["serve", *base, "--port", "0", "--api-key", ""], "API key is empty"),
+            (["serve", *base, "--port", "0", "--request-timeout", "0"], "--request-timeout"),
         ):
             assert main(argv) == 2, argv
             out, err = capsys.readouterr()
             errors = [line for line in err.splitlines() if "error" in line.lower()]  # (no progress bars)
             assert errors == [err.splitlines()[-1]] and errors[0].startswith("peft-ext: error: ") and says in err, err
             assert "Traceback" not in err and out == ""
+            assert str(base_folder.parent) not in err  # a base folder is named, its path never shown
     finally:
         taken.close()
+
+
+def test_an_exported_empty_api_key_is_refused(base_folder: Path, capsys: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PEFT_EXT_API_KEY", "")
+    assert main(["serve", "--base", str(base_folder), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "API key is empty" in err and "PEFT_EXT_API_KEY" in err
 
 
 def test_serve_serves_until_interrupted(base_folder: Path, tmp_path: Path) -> None:
@@ -105,11 +115,11 @@ def test_serve_serves_until_interrupted(base_folder: Path, tmp_path: Path) -> No
     adapter = save_prompt(tmp_path / "adapter", prompt_tensor(7, length=3))
     command = [sys.executable, "-m", "peft_ext.serving.cli", "serve", "--base", str(base_folder), "--port", "0"]
     process = subprocess.Popen(
-        [*command, "--prompt", f"coach={adapter}", "--api-key", key],
+        [*command, "--prompt", f"coach={adapter}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PEFT_EXT_API_KEY": key},  # as the README says: not in `ps`
     )
     try:
         first = process.stdout.readline() if process.stdout else ""
@@ -127,6 +137,8 @@ def test_serve_serves_until_interrupted(base_folder: Path, tmp_path: Path) -> No
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert answer.status_code == 200 and answer.json()["model"] == "coach"
+            models = http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).text
+            assert '"id":"tiny-llama"' in models and str(base_folder.parent) not in models  # ids, not paths
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=300)
     finally:
