@@ -18,6 +18,7 @@ store's cache, when named again). A ``model`` with whitespace or control charact
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -112,12 +113,16 @@ class PromptRegistry:
                 raise self._unknown(model)
             return None
         exact, when = known
-        if exact not in self.prompts:
+        try:
+            prompt = self.prompts.row_prompt(exact)
+        except AdapterNotFoundError:  # forgotten since (the registry's bound): looked up again
             return None
         if not _is_exact(reference) and self._clock() - when >= self.refresh_s:
-            self.lookup_reference(reference)  # re-resolved in the background; this request keeps the known version
+            # Re-resolved in the background (later, when lookups are at their limit); this request keeps the version.
+            with contextlib.suppress(ServerBusyError):
+                self.lookup_reference(reference)
         self._touch(exact)
-        return self.prompts.row_prompt(exact), exact
+        return prompt, exact
 
     def lookup(self, model: str) -> tuple[Prompt | None, str]:
         """:meth:`known`, or the store lookup it needs (blocking, at most ``lookup_timeout_s``)."""

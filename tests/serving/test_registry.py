@@ -6,11 +6,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serving_testutils import PATIENCE_S, REPO, reference, running, wait_for, words
+from serving_testutils import (
+    PATIENCE_S,
+    REPO,
+    make_serving_tokenizer,
+    prompt_tensor,
+    reference,
+    running,
+    save_prompt,
+    wait_for,
+    words,
+)
+from tiny_models import make_model
 
 import hub
 from peft_ext.errors import InvalidModelNameError, ServerBusyError
@@ -133,3 +145,28 @@ def test_lookups_beyond_the_limit_are_refused_in_the_service(make_service: Any, 
         service.registry.lookup_reference(f"{COACH}@~1.1")
     stalled.release()
     assert first.result(PATIENCE_S) == f"{COACH}@1.1.0"
+
+
+def test_a_stale_constraint_answers_at_once_and_is_re_resolved_in_the_background(
+    make_service: Any, tmp_path: Path
+) -> None:
+    """After ``refresh_s`` (on the registry's injected clock), a constraint keeps answering with the version it
+    knows while the store is asked again; the next request gets the version pushed since."""
+    own = hub.LocalStore(tmp_path / "store")
+    model, tokenizer = make_model("llama"), make_serving_tokenizer()
+
+    def push(version: str, seed: int) -> None:
+        folder = save_prompt(tmp_path / version, prompt_tensor(seed, length=3))
+        hub.push(folder, REPO, task="coach", version=version, store=own, base_model=model, tokenizer=tokenizer)
+
+    now = [0.0]
+    service = make_service(store=own, registry={"clock": lambda: now[0], "refresh_s": 60.0})
+    push("1.0.0", 1)
+    assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.0.0"
+    push("1.1.0", 2)
+    now[0] = 59.0
+    assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.0.0" and service.registry.sizes()["pending"] == 0
+    now[0] = 61.0
+    assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.0.0"  # stale: answered with what is known
+    wait_for(lambda: service.registry.sizes()["pending"] == 0, "the background lookup to finish")
+    assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.1.0"
