@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -249,7 +250,9 @@ def test_share_and_pin(tiny_model_folder, tmp_path, tiny_tokenizer, capsys):
         for name, entry in manifest["files"].items():
             data = (folder / name).read_bytes()
             assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, (version, name)
-        assert manifest["base_model"]["model_id"] == tiny_model_folder
+        # A local base folder is recorded by its name: the path would say where the pusher's files are.
+        assert manifest["base_model"]["model_id"] == os.path.basename(tiny_model_folder)
+        assert str(tmp_path) not in (folder / "peft_ext_manifest.json").read_text()
         assert _finite_positive(manifest["metrics"]["train_loss"])
     _check_text_init(output / "quotes-v1", tiny_tokenizer, base, "Share an inspiring quote:")
     assert torch.equal(_prompt(stored["1.0.0"]), _prompt(output / "quotes-v1"))

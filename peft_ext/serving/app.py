@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import AuthenticationError, InvalidConfigError, PeftExtError, RequestTooLargeError
 from . import openai_schema as schema
-from .http_errors import RETRY_AFTER_S, error_body, http_error
+from .http_errors import RETRY_AFTER_S, error_body, http_error, public_message
 from .metrics import ServingMetrics
 from .openai_serving import OpenAIServing, Reply
 from .service import Service
@@ -49,8 +49,11 @@ def create_app(
     <key>``; bodies over ``max_request_bytes`` are refused (413), and so is a ``max_tokens`` over
     ``max_tokens_limit`` (400; it also caps a chat request that gives none). ``docs`` serves ``/docs`` and
     ``/openapi.json`` (behind the key when there is one)."""
-    if api_key is not None and not api_key.strip():
-        raise InvalidConfigError("The API key is empty: give a non-empty key, or none to serve without one.")
+    if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+        raise InvalidConfigError(
+            "The API key is empty or has whitespace around it (a newline from a file?): give the key alone, or "
+            "none to serve without one."
+        )
     app = FastAPI(
         title="peft-ext",
         summary="Soft prompts on one frozen base model, OpenAI-compatible.",
@@ -68,7 +71,7 @@ def create_app(
         reason = service.health()
         if reason is None:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "unavailable", "reason": public_message(reason)}, status_code=503)
 
     app.head("/health", include_in_schema=False)(health)  # what load balancers and curl -I send
 
@@ -137,7 +140,7 @@ def _named_error(error: BaseException) -> JSONResponse:
         logger.error("Request failed", exc_info=error)
         message = "The server failed on this request (see its log)."
     else:
-        message = str(error)
+        message = public_message(str(error))
     headers = {"Retry-After": str(RETRY_AFTER_S)} if mapped.status in (429, 503) else None
     if mapped.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
@@ -199,9 +202,9 @@ class _Guard:
         return await self.app(scope, receive, send)
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        expected = f"Bearer {self.api_key}".encode()
-        return hmac.compare_digest(given, expected)
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        expected = str(self.api_key).encode()
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), expected)
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes | RequestTooLargeError | None:
         too_large = RequestTooLargeError(f"The request body is over this server's limit of {self.max_bytes} bytes.")

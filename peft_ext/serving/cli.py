@@ -139,6 +139,11 @@ def _serve(args: argparse.Namespace) -> int:
             f"The API key is empty (--api-key or ${API_KEY_ENV}): nobody could use the server. Set a key, or unset "
             f"{API_KEY_ENV} to serve without one."
         )
+    if args.api_key is not None and args.api_key != args.api_key.strip():
+        raise InvalidConfigError(
+            f"The API key (--api-key or ${API_KEY_ENV}) has whitespace around it (a newline from a file?): no "
+            "client would send it. Strip it."
+        )
     if args.request_timeout <= 0 or args.keep_alive_timeout <= 0:
         raise InvalidConfigError("--request-timeout and --keep-alive-timeout must be positive numbers of seconds.")
     sock = bind(args.host, args.port)  # first: a port in use fails before the model loads

@@ -7,6 +7,7 @@ needs a line here (the tests send every kind of bad input and accept no 500).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hub.errors import (
@@ -80,6 +81,16 @@ def http_error(error: BaseException) -> HTTPError:
         if isinstance(error, kind):
             return mapped
     return _SERVER_FAULT
+
+
+# An absolute path's folders: what a message must not tell a client about the server's disk (a URL's slashes follow a
+# ':' or a word character, so they are left alone).
+_FOLDERS = re.compile(r"(?<![\w:/.~])/[^\s'\"]*/(?=[^\s'\"/])")
+
+
+def public_message(message: str) -> str:
+    """``message`` as a client may read it: every absolute path cut to its last part (``/srv/store/org`` -> ``org``)."""
+    return _FOLDERS.sub("", message)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:

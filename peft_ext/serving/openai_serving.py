@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import PeftExtError
 from . import openai_schema as schema
-from .http_errors import error_body, http_error
+from .http_errors import error_body, http_error, public_message
 from .metrics import ServingMetrics
 from .sampling import Token
 from .service import Choice, Piece, Run, Service
@@ -50,7 +50,7 @@ class Reply:
                 yield _event(self.format.final(self.meta, _usage(self.run)))
         except PeftExtError as error:
             mapped = http_error(error)
-            yield _event(error_body(str(error), mapped.type, mapped.param, mapped.code))
+            yield _event(error_body(public_message(str(error)), mapped.type, mapped.param, mapped.code))
         yield "data: [DONE]\n\n"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +37,7 @@ DEFAULT_MAX_PULLED = 64
 DEFAULT_LOOKUP_WORKERS = 4
 DEFAULT_LOOKUP_TIMEOUT_S = 30.0
 DEFAULT_MAX_PENDING = 64  # distinct references being looked up at once; more are refused (429)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class PromptRegistry:
         if model == self.base_name:
             return None, model
         if model in self.prompts:
+            self._touch_pulled(model)
             return self.prompts.row_prompt(model), model
         reference = _canonical(model)
         with self._lock:
@@ -149,7 +152,7 @@ class PromptRegistry:
                 )
             future = self._executor.submit(self._pull, canonical)
             self._pending[canonical] = future
-        future.add_done_callback(lambda _: self._done(canonical))
+        future.add_done_callback(lambda done: self._done(canonical, done))
         return future
 
     def timeout(self, model: str) -> Exception:
@@ -194,6 +197,12 @@ class PromptRegistry:
         self._touch(exact)
         return exact
 
+    def _touch_pulled(self, name: str) -> None:
+        """Mark a pulled version named exactly as used (prompts given to :meth:`add` are not the registry's)."""
+        with self._lock:
+            if name in self._pulled:
+                self._pulled.move_to_end(name)
+
     def _touch(self, exact: str) -> None:
         """Mark a pulled version used; forget the least recently used beyond ``max_pulled``."""
         with self._lock:
@@ -210,9 +219,17 @@ class PromptRegistry:
             if name in self.prompts:
                 self.prompts.remove(name)
 
-    def _done(self, reference: str) -> None:
+    def _done(self, reference: str, future: concurrent.futures.Future[str]) -> None:
         with self._lock:
             self._pending.pop(reference, None)
+            known = self._resolved.get(reference)
+            failed = not future.cancelled() and future.exception() is not None
+            if failed and known is not None:  # a background refresh failed: keep the version, retry in refresh_s
+                self._resolved[reference] = (known[0], self._clock())
+        if failed and known is not None:
+            logger.warning(
+                "Refreshing %s failed (%s); serving %s until the next try", reference, future.exception(), known[0]
+            )
 
     def _unknown(self, model: str) -> AdapterNotFoundError:
         return AdapterNotFoundError(

@@ -145,6 +145,7 @@ class Scheduler:
         self._accepting = True
         self._stopped = False
         self._failure: str | None = None  # why the scheduler stopped decoding (it then accepts nothing)
+        self._admitting: list[Generation] = []  # taken from the queue this step, not yet in the batch
         self._tokens = self._finished = 0
         self._thread = threading.Thread(target=self._run, name="peft-ext-scheduler", daemon=True)
         self._thread.start()
@@ -234,8 +235,9 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while (admitted := self._next_admissions()) is not None:
-                for generation in admitted:
-                    self._admit(generation)
+                while admitted:  # each stays in the list until admitted: a failure of the loop still ends it
+                    self._admit(admitted[0])
+                    admitted.pop(0)
                 self._retire()
                 if self._batch.ids:
                     if self._step_hook is not None:
@@ -247,7 +249,8 @@ class Scheduler:
             self._stop_decoding(error)
 
     def _next_admissions(self) -> list[Generation] | None:
-        """The waiting requests to prefill this step (waiting for work); None once stopped and drained."""
+        """The waiting requests to prefill this step (waiting for work); None once stopped and drained. The list is
+        :attr:`_admitting`, which :meth:`_stop_decoding` ends too."""
         with self._lock:
             while not self._waiting and not self._running and not self._stopped:
                 self._lock.wait()
@@ -258,6 +261,7 @@ class Scheduler:
                 if len(admitted) == self.admit_per_step:
                     break
                 admitted.append(self._waiting.popleft())
+            self._admitting = admitted
             return admitted
 
     def _admit(self, generation: Generation) -> None:
@@ -301,12 +305,15 @@ class Scheduler:
                 generation.finish_reason = "stop"
             elif len(generation.tokens) >= generation.params.max_tokens:
                 generation.finish_reason = "length"
-            if self._on_token is not None:
-                self._on_token(generation, token)
         except Exception as error:
             logger.exception("Choosing a token failed; ending that request")
             generation.error, generation.finish_reason = _reason(error), "error"
             return
+        if self._on_token is not None:
+            try:
+                self._on_token(generation, token)
+            except Exception:  # noqa: BLE001 - a listener's failure (metrics) is not the request's
+                logger.exception("A token listener failed")
         generation._emit(Output(token, text))
 
     def _retire(self) -> None:
@@ -342,9 +349,10 @@ class Scheduler:
         reason = f"the decoding step failed: {_reason(error)}"
         with self._lock:
             self._failure = reason
-            pending = [*self._waiting, *self._running.values()]
-            self._waiting.clear()
-            self._running.clear()
+            everyone = [*self._admitting, *self._waiting, *self._running.values()]
+            pending = list({id(g): g for g in everyone}.values())  # one admitted may already be running
+            self._admitting, self._waiting, self._running = [], collections.deque(), {}
+            self._batch = DecodeBatch(self.engine)  # the failed batch's keys/values are let go
         for generation in pending:
             generation.error = reason
             try:

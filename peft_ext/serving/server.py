@@ -4,8 +4,10 @@ On SIGINT/SIGTERM (or :meth:`Server.stop`) uvicorn stops accepting connections a
 streams included, to finish (its graceful shutdown); then the scheduler finishes whatever is still queued and stops.
 
 Connections cannot be held open for nothing: a connection closes when it has not sent a whole request (headers and
-body) within ``request_timeout_s`` of opening or of its previous answer (so neither a silent socket nor one that
-trickles a header line at a time stays), and uvicorn closes one idle between requests after ``keep_alive_s``.
+body together, so an upload must arrive within it too: 1 MiB in 10 s is 100 KiB/s) within ``request_timeout_s`` of
+opening or of its previous answer (so neither a silent socket nor one that trickles a header line at a time stays),
+and uvicorn closes one idle between requests after ``keep_alive_s``. Once a request is in, its answer (a stream
+included) is never cut, whatever the connection's keep-alive or HTTP version.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ def _request_timeout_protocol(timeout_s: float) -> type[Any]:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    # The client has sent a whole request: DONE (keep-alive) or MUST_CLOSE ("Connection: close", HTTP/1.0).
+    _REQUEST_IN = (h11.DONE, h11.MUST_CLOSE)
+
     class RequestTimeoutProtocol(H11Protocol):
         _deadline: Any = None
 
@@ -122,12 +127,12 @@ def _request_timeout_protocol(timeout_s: float) -> type[Any]:
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
+            if self.conn.their_state in _REQUEST_IN:  # the whole request is in: the app has it now
                 self._disarm()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self.conn.their_state is not h11.DONE:
+            if self.conn.their_state not in _REQUEST_IN:
                 self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

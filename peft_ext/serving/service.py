@@ -139,10 +139,10 @@ class Service:
         if found is None:
             pending = asyncio.shield(asyncio.wrap_future(self.registry.lookup_reference(model)))
             try:
-                await asyncio.wait_for(pending, self.registry.lookup_timeout_s)
+                exact = await asyncio.wait_for(pending, self.registry.lookup_timeout_s)
             except TimeoutError:
                 raise self.registry.timeout(model) from None
-            found = self.registry.lookup(model)
+            found = self.prompts.row_prompt(exact), exact  # what the lookup just loaded (never waits here)
         return _target(*found)
 
     def encode_text(self, text: str) -> list[int]:

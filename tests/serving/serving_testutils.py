@@ -88,25 +88,28 @@ def running(service: Service, **options: Any) -> Iterator[Server]:
 
 
 class Gate:
-    """A scheduler ``step_hook`` that holds the decoding thread before each decoding step while closed (a request's
-    prefill, its first token, still runs): ``Service(..., step_hook=gate)`` or ``Scheduler(..., step_hook=gate)``.
+    """A scheduler ``step_hook``: ``Service(..., step_hook=gate)`` or ``Scheduler(..., step_hook=gate)``.
 
-    Lets a test act while requests are provably mid-generation, without timing anything. ``waiting`` is set while
-    the scheduler is held; ``steps`` counts the decoding steps that went through.
+    While closed it holds the decoding thread before each decoding step (a request's prefill, its first token, still
+    runs), so a test acts while requests are provably mid-generation, without timing anything; ``waiting`` is set
+    while the scheduler is held. :meth:`fail` makes the next step raise: a failure of the model that no request
+    explains.
     """
 
     def __init__(self) -> None:
         self._open = threading.Event()
         self._open.set()
         self.waiting = threading.Event()
-        self.steps = 0
+        self._error: BaseException | None = None
 
     def __call__(self, rows: int) -> None:
         if not self._open.is_set():
             self.waiting.set()
             self._open.wait(PATIENCE_S)
             self.waiting.clear()
-        self.steps += 1
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         self._open.clear()
@@ -114,21 +117,8 @@ class Gate:
     def open(self) -> None:
         self._open.set()
 
-
-class Trip:
-    """A scheduler ``step_hook`` that raises, at the next decoding step, the error given to :meth:`fail`: a failure
-    of the model that no request explains."""
-
-    def __init__(self) -> None:
-        self._error: BaseException | None = None
-
     def fail(self, error: BaseException) -> None:
         self._error = error
-
-    def __call__(self, rows: int) -> None:
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
 
 
 def reference(service: Service, model: str, input_ids: list[int], max_tokens: int) -> tuple[list[int], str]:

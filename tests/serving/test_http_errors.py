@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_testutils import REPO, Gate, Trip, running, wait_for
+from serving_testutils import REPO, Gate, running, wait_for
 
 from peft_ext.serving.server import Server
 
@@ -226,13 +226,20 @@ def test_the_docs_are_served_when_asked_for_behind_the_key(make_service: Any) ->
         assert http.get("/docs", headers=authorized).status_code == 200
 
 
-def test_an_empty_api_key_is_refused(make_service: Any) -> None:
+def test_an_empty_api_key_or_one_with_whitespace_is_refused(make_service: Any) -> None:
     from peft_ext.errors import InvalidConfigError
     from peft_ext.serving.app import create_app
 
-    for empty in ("", "  "):
-        with pytest.raises(InvalidConfigError, match="API key is empty"):
-            create_app(make_service(), api_key=empty)
+    for bad in ("", "  ", f"{API_KEY}\n", f" {API_KEY}"):
+        with pytest.raises(InvalidConfigError, match="API key is empty or has whitespace"):
+            create_app(make_service(), api_key=bad)
+
+
+def test_the_bearer_scheme_is_case_insensitive(make_service: Any) -> None:
+    with running(make_service(), api_key=API_KEY) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert http.get("/v1/models", headers={"Authorization": f"{scheme} {API_KEY}"}).status_code == 200
+        assert_openai_error(http.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"}), 401)
 
 
 def test_a_full_queue_is_429_with_retry_after(make_service: Any) -> None:
@@ -274,16 +281,19 @@ def test_an_over_long_body_is_413(make_service: Any) -> None:
 
 
 def test_a_model_failure_is_a_500_in_openai_shape_and_health_tells_the_truth(make_service: Any) -> None:
-    """A decoding step that fails for a reason no request explains ends the requests with a 500 (an error event once
-    streaming), and the server says so: /health is 503 with the reason, /metrics shows it, new requests are 503."""
-    trip = Trip()
-    service = make_service(step_hook=trip)
+    """A decoding step that fails for a reason no request explains ends the requests (an error event once streaming,
+    a 500 otherwise), and the server says so: /health is 503 with the reason, /metrics shows it, new requests 503."""
+    gate = Gate()
+    service = make_service(step_hook=gate)
     with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        gate.close()
         with http.stream("POST", "/v1/completions", json=_with(OK, stream=True, max_tokens=20)) as streamed:
             assert streamed.status_code == 200
             lines = streamed.iter_lines()
-            assert next(lines).startswith("data: ")  # running
-            trip.fail(RuntimeError("the accelerator fell over"))
+            assert next(lines).startswith("data: ")  # running, held before its second step
+            wait_for(gate.waiting.is_set, "the scheduler to be held")
+            gate.fail(RuntimeError("the accelerator fell over"))
+            gate.open()
             events = [line.removeprefix("data: ") for line in lines if line]
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "generation_failed"
         assert "the accelerator fell over" in json.loads(events[-2])["error"]["message"]
@@ -293,6 +303,15 @@ def test_a_model_failure_is_a_500_in_openai_shape_and_health_tells_the_truth(mak
         assert "peft_ext_healthy 0.0" in http.get("/metrics").text
         refused = http.post("/v1/completions", json=OK)
         assert_openai_error(refused, 503, "server_shutting_down")
+
+
+def test_a_model_failure_of_a_whole_answer_is_a_500(make_service: Any) -> None:
+    gate = Gate()
+    service = make_service(step_hook=gate)
+    with running(service) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        gate.fail(RuntimeError("the accelerator fell over"))
+        message = assert_openai_error(http.post("/v1/completions", json=_with(OK, max_tokens=5)), 500)
+        assert "the accelerator fell over" in message and http.get("/health").status_code == 503
 
 
 def test_a_server_shutting_down_is_503(make_service: Any) -> None:

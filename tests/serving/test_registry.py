@@ -25,7 +25,7 @@ from serving_testutils import (
 from tiny_models import make_model
 
 import hub
-from peft_ext.errors import InvalidModelNameError, ServerBusyError
+from peft_ext.errors import InvalidModelNameError, PeftExtError, ServerBusyError
 
 COACH = f"{REPO}:coach"
 LOADED = {"model": "p3", "prompt": "hello world", "max_tokens": 4, "temperature": 0}
@@ -59,7 +59,7 @@ class StalledStore(hub.LocalStore):
 
 def test_a_stalled_store_never_holds_requests_for_loaded_prompts(make_service: Any, store: hub.LocalStore) -> None:
     stalled = StalledStore(store)
-    service = make_service(store=stalled, registry={"max_pending": 8})
+    service = make_service(store=stalled, registry={"max_pending": 8, "lookup_timeout_s": PATIENCE_S})
     expected, _ = reference(service, "p3", service.encode_text(LOADED["prompt"]), 4)
     with running(service) as server, httpx.Client(base_url=server.url, timeout=PATIENCE_S) as http:
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
@@ -103,29 +103,34 @@ def test_a_request_waits_for_a_lookup_at_most_the_timeout(make_service: Any, sto
 
 
 def test_the_registry_stays_bounded_whatever_spellings_clients_send(make_service: Any) -> None:
-    """10,000 requests naming 1,000 spellings of references (whitespace around them, every constraint form, other
-    repos): spellings with whitespace are refused and never remembered; the registry keeps at most its bounds."""
+    """10,000 requests naming 1,000 spellings of references: 17 without whitespace (14 constraint forms that resolve,
+    3 that match nothing or do not parse) and spellings with whitespace or control characters around them, which are
+    refused and never remembered. The registry keeps at most
+    its bounds (here 4 references, 1 pulled version) however the valid ones alternate."""
     service = make_service(registry={"max_references": 4, "max_pulled": 1})
-    constraints = ["", "@latest", "@^1", "@^1.0", "@^1.0.0", "@~1", "@~1.0", "@1.0.0", "@1.1.0", "@~1.1"]
+    constraints = ["", "@latest", "@^1", "@^1.0", "@^1.0.0", "@^1.1", "@^1.1.0", "@~1", "@~1.0", "@~1.0.0", "@~1.1"]
+    constraints += ["@~1.1.0", "@1.0.0", "@1.1.0", "@^0.0.0", "@~0", "@=1.0.0"]
     valid = [f"{COACH}{c}" for c in constraints]
-    padding = ["", " ", "\n", "\t", " \n", "\r\n", "\u00a0", "\u2003", "\x00", "\x0b"]
-    spellings = [f"{before}{model}{after}" for model in valid for before in padding for after in padding][:1000]
+    padding = ["", " ", "\n", "\t", "\r\n", "\u00a0", "\u2003", "\x00", "\x0b"]
+    padded = [f"{before}{model}{after}" for model in valid for before in padding for after in padding]
+    spellings = valid + [spelling for spelling in padded if spelling not in valid][: 1000 - len(valid)]
     assert len(set(spellings)) == 1000
     outcomes: dict[str, int] = {}
     for i in range(10_000):
         model = spellings[(i * 7919) % 1000]  # every spelling, ten times, interleaved
         try:
             service.lookup(model)
-            outcomes["served"] = outcomes.get("served", 0) + 1
+            outcome = "served"
         except InvalidModelNameError:
-            outcomes["refused"] = outcomes.get("refused", 0) + 1
+            outcome = "refused"
+        except PeftExtError:  # a constraint nothing matches, or a spelling the store does not know
+            outcome = "unknown"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
         sizes = service.registry.sizes()
         assert sizes["references"] <= 4 and sizes["pulled"] <= 1, sizes
-    assert outcomes == {"served": 100, "refused": 9_900}
-    assert [name for name in service.prompts.names if name.startswith(COACH)] in (
-        [f"{COACH}@1.0.0"],
-        [f"{COACH}@1.1.0"],
-    )
+    assert outcomes == {"served": 140, "unknown": 30, "refused": 9_830}, outcomes
+    pulled = [name for name in service.prompts.names if name.startswith(COACH)]
+    assert pulled in ([f"{COACH}@1.0.0"], [f"{COACH}@1.1.0"])
 
 
 def test_whitespace_in_a_model_is_a_400_naming_it(make_service: Any) -> None:
@@ -170,3 +175,26 @@ def test_a_stale_constraint_answers_at_once_and_is_re_resolved_in_the_background
     assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.0.0"  # stale: answered with what is known
     wait_for(lambda: service.registry.sizes()["pending"] == 0, "the background lookup to finish")
     assert service.lookup(f"{COACH}@^1.0").name == f"{COACH}@1.1.0"
+
+
+def test_a_version_named_exactly_stays_loaded_while_it_is_used(make_service: Any, tmp_path: Path) -> None:
+    """The pulled versions kept are the least recently *used*: naming one exactly counts as a use."""
+    own = hub.LocalStore(tmp_path / "store")
+    model, tokenizer = make_model("llama"), make_serving_tokenizer()
+    for index, version in enumerate(("1.0.0", "1.1.0", "1.2.0")):
+        folder = save_prompt(tmp_path / version, prompt_tensor(index, length=3))
+        hub.push(folder, REPO, task="coach", version=version, store=own, base_model=model, tokenizer=tokenizer)
+    service = make_service(store=own, registry={"max_pulled": 2})
+    service.lookup(f"{COACH}@1.0.0")
+    service.lookup(f"{COACH}@1.1.0")
+    service.lookup(f"{COACH}@1.0.0")  # loaded: a use, by its exact name
+    service.lookup(f"{COACH}@1.2.0")  # one more pulled: the least recently used (1.1.0) goes
+    assert sorted(n for n in service.prompts.names if n.startswith(COACH)) == [f"{COACH}@1.0.0", f"{COACH}@1.2.0"]
+
+
+def test_store_errors_name_no_server_paths(make_service: Any, store: hub.LocalStore) -> None:
+    with running(make_service()) as server, httpx.Client(base_url=server.url, timeout=PATIENCE_S) as http:
+        for model in (f"{REPO}:missing@^1", f"{REPO}:coach@^9", "org/nothing:coach"):
+            answer = http.post("/v1/completions", json={**LOADED, "model": model})
+            assert answer.status_code == 404 and str(store.root) not in answer.text
+            assert str(store.root.parent) not in answer.text, answer.text

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from serving_testutils import EOS, Gate, Trip, make_serving_tokenizer, prompt_tensor, wait_for
+from serving_testutils import EOS, Gate, make_serving_tokenizer, prompt_tensor, wait_for
 from tiny_models import make_model
 
 from peft_ext import MultiPromptModel
@@ -103,10 +103,14 @@ class _Unsampleable:
         raise RuntimeError("cannot sample this row")
 
 
-def test_a_bad_seed_is_refused_before_anything_is_queued(served: MultiPromptModel, scheduler: Scheduler) -> None:
-    with pytest.raises(InvalidRequestError, match="seed must be an integer"):
-        SamplingParams(temperature=1.0, seed=1 << 64)
-    assert scheduler.stats().queued == 0 and scheduler.alive
+def test_a_seed_out_of_range_cannot_even_make_a_request() -> None:
+    """Sampling parameters with a seed torch's generator refuses cannot be built, so no such request reaches the
+    scheduler (the HTTP corpus sends them beside running streams)."""
+    for seed in (1 << 64, -(1 << 63) - 1):
+        with pytest.raises(InvalidRequestError, match="seed must be an integer"):
+            SamplingParams(temperature=1.0, seed=seed)
+    SamplingParams(temperature=1.0, seed=(1 << 64) - 1).generator()
+    SamplingParams(temperature=1.0, seed=-(1 << 63)).generator()
 
 
 def test_a_generation_ends_for_the_reason_its_caller_gives(
@@ -142,12 +146,15 @@ def test_a_stop_string_ends_the_generation_at_that_token(served: MultiPromptMode
 
 
 def test_a_failing_decoding_step_stops_the_scheduler_and_says_why(served: MultiPromptModel) -> None:
-    trip = Trip()
-    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], max_running=1, step_hook=trip)
+    gate = Gate()
+    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], max_running=1, step_hook=gate)
     try:
-        trip.fail(RuntimeError("broken beyond repair"))
+        gate.close()
         doomed = scheduler.submit(served.row_prompt("a"), INPUT, GREEDY)
+        wait_for(gate.waiting.is_set, "the first request to run")
         waiting = [scheduler.submit(served.row_prompt("a"), INPUT, GREEDY) for _ in range(40)]  # never admitted
+        gate.fail(RuntimeError("broken beyond repair"))
+        gate.open()
         for generation in (doomed, *waiting):
             list(generation)  # its stream ends
             assert generation.finish_reason == "error" and "broken beyond repair" in (generation.error or "")
