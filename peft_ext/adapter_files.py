@@ -13,10 +13,16 @@ offsets, truncation), then refused unless every dtype is floating point (read fr
 built, so a dtype torch cannot represent is refused by name), every value finite, and ``prompt_embeddings`` of the
 shape the config says.
 
+A folder holds one of two kinds of prompt (:class:`PromptKind`): an input-level prompt (SOFT_PROMPT, PROMPT_TUNING,
+P_TUNING: ``[n, hidden]`` input embeddings) or a deep prompt (PEFT's PREFIX_TUNING: keys/values in every layer,
+``[n, num_layers * 2 * token_dim]``, read as a :class:`DeepPrompt`). Deep prompts are read only when asked for
+(``deep=True``, as ``MultiPromptModel.add`` does): every other reader (hub, export, the ``adapter`` init, vLLM) takes
+input-level prompts and refuses a deep one with :class:`DeepPromptNotSupportedError`.
+
 Where a prompt comes from is decided here too (:func:`load_soft_prompt`): a ``[num_virtual_tokens, hidden]`` float
-tensor is read from an adapter folder, taken from a ``PeftModel``'s adapter, or given directly, and
-:func:`check_prompt_tensor` says whether it fits a model; :func:`pad_token_id` and :func:`pad_texts` pad the texts
-that follow a prompt.
+tensor is read from an adapter folder, taken from a ``PeftModel``'s adapter, or given directly (:func:`load_prompt`
+takes deep prompts too), and :func:`check_prompt_tensor` / :func:`check_deep_prompt` say whether it fits a model;
+:func:`pad_token_id` and :func:`pad_texts` pad the texts that follow a prompt.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +46,27 @@ from safetensors.torch import load
 from . import strict_json
 from .errors import (
     CorruptAdapterError,
+    DeepPromptNotSupportedError,
     HiddenSizeMismatchError,
     InvalidAdapterConfigError,
     InvalidAdapterError,
     InvalidRequestError,
     InvalidSourceError,
+    KVShapeMismatchError,
     NonFiniteTensorError,
     PickleRefusedError,
     TensorDtypeError,
     TensorShapeError,
     UnsupportedPeftTypeError,
 )
-from .integration import INPUT_PROMPT_TYPE_NAMES, active_adapter, adapter_prompt
+from .integration import (
+    DEEP_PROMPT_TYPE_NAMES,
+    INPUT_PROMPT_TYPE_NAMES,
+    active_adapter,
+    adapter_deep_values,
+    adapter_prompt,
+    is_deep_prompt,
+)
 
 PROMPT_KEY = "prompt_embeddings"  # the tensor PEFT saves for a prompt that enters as input embeddings
 ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)  # what a soft prompt is stored as: nothing else
@@ -59,15 +75,65 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 # Fields whose value the weights' shape depends on: positive integers (PEFT's annotations say ``int``; bool is out).
 _POSITIVE_INTS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers", "num_attention_heads")
 _REQUIRED = ("num_virtual_tokens", "token_dim")
+_REQUIRED_DEEP = ("num_layers", "num_attention_heads")  # besides _REQUIRED: how the values split into layers
+
+
+class PromptKind(enum.StrEnum):
+    """Where a prompt's virtual tokens live."""
+
+    INPUT = "input"  # the input embeddings: the model computes their keys/values (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)
+    DEEP = "deep"  # every layer's keys/values, given directly (PEFT's PREFIX_TUNING)
+
+
+KINDS = {
+    **dict.fromkeys(INPUT_PROMPT_TYPE_NAMES, PromptKind.INPUT),
+    **dict.fromkeys(DEEP_PROMPT_TYPE_NAMES, PromptKind.DEEP),
+}
+
+
+@dataclass(frozen=True)
+class DeepPrompt:
+    """A deep prompt: keys/values of ``num_tokens`` virtual tokens in every layer, in PEFT's PREFIX_TUNING layout.
+
+    ``values`` is ``[n, num_layers * 2 * num_heads * head_dim]``: per token, layer 0's keys, layer 0's values, layer
+    1's keys, ... (``num_heads`` key/value heads of ``head_dim`` each). Keys are stored as the layers use them (on RoPE
+    models already rotated, for a prompt at positions 0..n-1), so they enter a cache as they are and the text that
+    follows starts at position n.
+    """
+
+    values: torch.Tensor
+    num_layers: int
+    num_heads: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.values.shape[1]) // (2 * self.num_layers * self.num_heads)
+
+    def layer_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: keys and values ``[1, num_heads, n, head_dim]``, views of ``values`` split as PEFT's
+        ``get_prompt`` does (``view(...).permute([2, 0, 3, 1, 4])``: layer l's keys at 2l, values at 2l + 1)."""
+        n = self.num_tokens
+        split = self.values.view(1, n, 2 * self.num_layers, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return [(split[2 * layer], split[2 * layer + 1]) for layer in range(self.num_layers)]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> DeepPrompt:
+        values = self.values.detach().to(device=device, dtype=dtype).contiguous()
+        return DeepPrompt(values, self.num_layers, self.num_heads)
 
 
 @dataclass(frozen=True)
 class AdapterFiles:
-    """A validated soft-prompt adapter: its files (PEFT file name -> bytes), its config, and its final prompt."""
+    """A validated soft-prompt adapter: its files (PEFT file name -> bytes), its config, its final prompt as saved,
+    and which kind of prompt that is."""
 
     files: dict[str, bytes]
     config: dict[str, Any]
-    prompt: torch.Tensor  # [num_virtual_tokens, token_dim], as saved
+    prompt: torch.Tensor  # input-level: [num_virtual_tokens, token_dim]; deep: [n, num_layers * 2 * token_dim]
+    kind: PromptKind = PromptKind.INPUT
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -75,7 +141,14 @@ class AdapterFiles:
 
     @property
     def token_dim(self) -> int:
-        return int(self.prompt.shape[1])
+        """The width of one token's vector: the hidden size (input-level), one layer's keys or values (deep)."""
+        return int(self.config["token_dim"]) if self.kind is PromptKind.DEEP else int(self.prompt.shape[1])
+
+    def loaded(self) -> torch.Tensor | DeepPrompt:
+        """The prompt as a model takes it: the ``[n, hidden]`` tensor, or a :class:`DeepPrompt`."""
+        if self.kind is PromptKind.DEEP:
+            return DeepPrompt(self.prompt, int(self.config["num_layers"]), int(self.config["num_attention_heads"]))
+        return self.prompt
 
 
 def folder_path(source: object) -> Path:
@@ -90,8 +163,14 @@ def folder_path(source: object) -> Path:
     )
 
 
-def read_adapter_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False) -> AdapterFiles:
-    """Read and validate a PEFT soft-prompt adapter folder; raise a named :class:`InvalidAdapterError` if unusable."""
+def read_adapter_folder(
+    folder: str | os.PathLike[str], *, allow_pickle: bool = False, deep: bool = False
+) -> AdapterFiles:
+    """Read and validate a PEFT soft-prompt adapter folder; raise a named :class:`InvalidAdapterError` if unusable.
+
+    Deep prompts (PREFIX_TUNING) are read only with ``deep=True``; otherwise they are refused with
+    :class:`DeepPromptNotSupportedError` before anything else of them is read.
+    """
     folder = folder_path(folder)
     if not folder.is_dir():
         raise InvalidAdapterError(f"Adapter folder {str(folder)!r} does not exist or is not a directory.")
@@ -101,7 +180,7 @@ def read_adapter_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = 
             f"{str(folder)!r} has no {CONFIG_NAME} file: not a PEFT adapter folder (save it with save_pretrained)."
         )
     config_bytes = _read(config_path)
-    config = check_config(config_bytes, str(config_path))
+    config = check_config(config_bytes, str(config_path), deep=deep)
     weights_path = folder / SAFETENSORS_WEIGHTS_NAME
     if weights_path.is_file():
         weights = _read(weights_path)
@@ -112,11 +191,13 @@ def read_adapter_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = 
             f"{str(folder)!r} has no {SAFETENSORS_WEIGHTS_NAME} file; save the adapter with save_pretrained."
         )
     tensors = check_weights(weights, config, str(weights_path))
-    return AdapterFiles({CONFIG_NAME: config_bytes, SAFETENSORS_WEIGHTS_NAME: weights}, config, tensors[PROMPT_KEY])
+    files = {CONFIG_NAME: config_bytes, SAFETENSORS_WEIGHTS_NAME: weights}
+    return AdapterFiles(files, config, tensors[PROMPT_KEY], KINDS[config["peft_type"]])
 
 
-def check_config(data: bytes, source: str) -> dict[str, Any]:
-    """Validate ``adapter_config.json`` bytes as PEFT would load them; return the parsed object."""
+def check_config(data: bytes, source: str, *, deep: bool = False) -> dict[str, Any]:
+    """Validate ``adapter_config.json`` bytes as PEFT would load them; return the parsed object. A deep prompt
+    (PREFIX_TUNING) is refused unless ``deep``."""
     try:
         config = strict_json.loads_object(data)
     except strict_json.ByteOrderMarkError:
@@ -127,7 +208,13 @@ def check_config(data: bytes, source: str) -> dict[str, Any]:
     except strict_json.StrictJSONError as exc:
         raise InvalidAdapterConfigError(f"{source} is not a valid JSON object ({exc}); re-save the adapter.") from None
     peft_type = config.get("peft_type")
-    allowed = INPUT_PROMPT_TYPE_NAMES
+    if not deep and peft_type in DEEP_PROMPT_TYPE_NAMES:
+        raise DeepPromptNotSupportedError(
+            f"{source} is a {peft_type} adapter: a deep prompt (keys/values in every layer). Deep prompts cannot be "
+            "shared yet: hub, export, the adapter init and vLLM take input-level prompts only. Serve it with "
+            "MultiPromptModel.add(name, folder)."
+        )
+    allowed = INPUT_PROMPT_TYPE_NAMES + (DEEP_PROMPT_TYPE_NAMES if deep else ())
     if peft_type not in allowed:
         raise UnsupportedPeftTypeError(
             f"{source} has peft_type {_short(peft_type)}; soft prompts are {', '.join(allowed)} adapters."
@@ -158,7 +245,28 @@ def check_config(data: bytes, source: str) -> dict[str, Any]:
         raise InvalidAdapterConfigError(f"{source} is refused by PEFT's {config_cls.__name__}: {reason}") from None
     if not getattr(built, "is_prompt_learning", False):
         raise UnsupportedPeftTypeError(f"{source}: {peft_type} is not a prompt-learning method.")
+    if KINDS[peft_type] is PromptKind.DEEP:
+        _check_deep_config(config, source)
     return config
+
+
+def _check_deep_config(config: dict[str, Any], source: str) -> None:
+    for name in _REQUIRED + _REQUIRED_DEEP:  # PEFT fills them from the model when a config is made; saved, they are set
+        if config.get(name) is None:
+            raise InvalidAdapterConfigError(
+                f"{source} has no {name!r}, which a deep prompt's values are split by; re-save the adapter with "
+                "save_pretrained."
+            )
+    if (config.get("num_transformer_submodules") or 1) != 1:
+        raise InvalidAdapterConfigError(
+            f"{source}: num_transformer_submodules is {config['num_transformer_submodules']}, a prefix for an "
+            "encoder-decoder model; deep prompts are served on decoder-only models (num_transformer_submodules 1)."
+        )
+    if config["token_dim"] % config["num_attention_heads"]:
+        raise InvalidAdapterConfigError(
+            f"{source}: token_dim {config['token_dim']} is not a multiple of num_attention_heads "
+            f"{config['num_attention_heads']}; a deep prompt's token_dim is heads x head size. Re-save the adapter."
+        )
 
 
 def check_weights(data: bytes, config: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -170,15 +278,21 @@ def check_weights(data: bytes, config: dict[str, Any], source: str) -> dict[str,
     if len(shape) != 2 or 0 in shape:
         raise TensorShapeError(f"{PROMPT_KEY!r} in {source} has shape {list(shape)}; expected [num_tokens, hidden].")
     expected_rows = _int(config.get("num_virtual_tokens"))
-    if expected_rows is not None:
-        expected_rows *= _int(config.get("num_transformer_submodules")) or 1
     expected_dim = _int(config.get("token_dim"))
+    if config.get("peft_type") in DEEP_PROMPT_TYPE_NAMES:  # PEFT saves the first num_virtual_tokens rows only
+        layers = _int(config.get("num_layers"))
+        expected_dim = None if expected_dim is None or layers is None else layers * 2 * expected_dim
+        meaning = "num_virtual_tokens x num_layers * 2 * token_dim"
+    else:
+        if expected_rows is not None:
+            expected_rows *= _int(config.get("num_transformer_submodules")) or 1
+        meaning = "num_virtual_tokens x token_dim"
     if (expected_rows is not None and shape[0] != expected_rows) or (
         expected_dim is not None and shape[1] != expected_dim
     ):
         raise TensorShapeError(
             f"{PROMPT_KEY!r} in {source} has shape {list(shape)}, but adapter_config.json says "
-            f"[{expected_rows}, {expected_dim}] (num_virtual_tokens x token_dim)."
+            f"[{expected_rows}, {expected_dim}] ({meaning})."
         )
     return tensors
 
@@ -221,6 +335,57 @@ def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> No
         raise TensorDtypeError(f"{what} has dtype {prompt.dtype}; a soft prompt is a floating-point tensor.")
     if not torch.isfinite(prompt).all():
         raise NonFiniteTensorError(f"{what} contains NaN or Inf values.")
+
+
+def check_deep_prompt(prompt: DeepPrompt, model_layers: Sequence[tuple[int, int]], what: str) -> None:
+    """Refuse a deep prompt that does not fit a model whose layers keep ``(key/value heads, head size)`` keys/values
+    (``model_layers``, one per layer): its layer count, heads and head size must be the model's."""
+    values = prompt.values
+    if values.dim() != 2 or values.shape[0] < 1 or prompt.num_layers < 1 or prompt.num_heads < 1:
+        raise TensorShapeError(
+            f"{what} must be a [num_tokens, num_layers * 2 * token_dim] tensor over at least one layer and head, got "
+            f"shape {tuple(values.shape)} for {prompt.num_layers} layers of {prompt.num_heads} heads."
+        )
+    if values.shape[1] % (2 * prompt.num_layers * prompt.num_heads):
+        raise TensorShapeError(
+            f"{what} is {values.shape[1]} wide, which does not split into {prompt.num_layers} layers x 2 (keys, "
+            f"values) x {prompt.num_heads} heads."
+        )
+    found = (prompt.num_layers, prompt.num_heads, prompt.head_dim)
+    shapes = set(model_layers)
+    if len(shapes) != 1:
+        raise KVShapeMismatchError(
+            f"{what} cannot fit this base model: its layers keep keys/values of different shapes ({sorted(shapes)} "
+            "as (heads, head size)); deep prompts are served on models whose layers all share one shape."
+        )
+    ((heads, head_dim),) = shapes
+    expected = (len(model_layers), heads, head_dim)
+    if found != expected:
+        raise KVShapeMismatchError(
+            f"{what} has {found[0]} layers of {found[1]} key/value heads x head size {found[2]}, but the base model "
+            f"has {expected[0]} layers of {expected[1]} key/value heads x head size {expected[2]}: it was made for "
+            "another model. Load the base model it was trained on (its adapter_config.json names it in "
+            "base_model_name_or_path)."
+        )
+    if not values.is_floating_point():
+        raise TensorDtypeError(f"{what} has dtype {values.dtype}; a deep prompt is a floating-point tensor.")
+    if not torch.isfinite(values).all():
+        raise NonFiniteTensorError(f"{what} contains NaN or Inf values.")
+
+
+def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor | DeepPrompt:
+    """What :func:`load_soft_prompt` loads, and deep prompts too: a :class:`DeepPrompt`, a PREFIX_TUNING folder or
+    a ``PeftModel``'s PREFIX_TUNING adapter (its ``adapter_name`` adapter, by default the active one)."""
+    if isinstance(source, DeepPrompt):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_adapter_folder(source, deep=True).loaded()
+    if hasattr(source, "prompt_encoder"):  # a PeftModel
+        name = adapter_name if adapter_name is not None else active_adapter(source)
+        if name in source.peft_config and is_deep_prompt(source.peft_config[name]):
+            values, config = adapter_deep_values(source, name)
+            return DeepPrompt(values, int(config["num_layers"]), int(config["num_attention_heads"]))
+    return load_soft_prompt(source, adapter_name)
 
 
 def load_soft_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:

@@ -49,6 +49,11 @@ class UnsupportedModelError(PeftExtError, ValueError):
     """The base model or task type is not one peft_ext supports."""
 
 
+class DeepPromptInputError(InvalidRequestError):
+    """A deep prompt's input embeddings were asked for: it has per-layer keys/values only, so it cannot enter a path
+    that takes prompts as input embeddings."""
+
+
 class AdapterNotFoundError(PeftExtError, KeyError):
     """An adapter name (or path) that is not loaded or does not exist."""
 
@@ -69,7 +74,13 @@ class InvalidAdapterConfigError(InvalidAdapterError):
 
 
 class UnsupportedPeftTypeError(InvalidAdapterError):
-    """An adapter whose ``peft_type`` is not a soft-prompt method (SOFT_PROMPT, PROMPT_TUNING, P_TUNING)."""
+    """An adapter whose ``peft_type`` is not a soft-prompt method (SOFT_PROMPT, PROMPT_TUNING, P_TUNING; PREFIX_TUNING
+    where deep prompts are taken)."""
+
+
+class DeepPromptNotSupportedError(UnsupportedPeftTypeError):
+    """A deep prompt (PREFIX_TUNING: per-layer keys/values) given where only input-level prompts work yet: hub
+    sharing, export, the ``adapter`` init, vLLM. ``MultiPromptModel`` serves deep prompts."""
 
 
 class CorruptAdapterError(InvalidAdapterError):
@@ -90,6 +101,11 @@ class TensorShapeError(InvalidPromptTensorError):
 
 class HiddenSizeMismatchError(TensorShapeError):
     """A soft prompt whose width differs from the base model's hidden size: it was trained for another model."""
+
+
+class KVShapeMismatchError(TensorShapeError):
+    """A deep prompt whose layer count, key/value heads or head size differ from the base model's: it was made for
+    another model."""
 
 
 class TensorDtypeError(InvalidPromptTensorError):

@@ -38,6 +38,8 @@ TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
 BASE_ADAPTER = "__base__"  # the adapter name meaning "no prompt" for a row; None works too
 # PEFT types whose prompt enters as input embeddings: per-row adapters and peft_ext's readers work for these.
 INPUT_PROMPT_TYPE_NAMES = ("SOFT_PROMPT", "PROMPT_TUNING", "P_TUNING")
+# PEFT types whose prompt is keys/values in every layer (deep prompts): MultiPromptModel serves these.
+DEEP_PROMPT_TYPE_NAMES = ("PREFIX_TUNING",)
 _EXACT_GENERATE = "_peft_ext_exact_generate"  # set on a PeftModel by route_stock_generate
 
 
@@ -252,6 +254,23 @@ def adapter_prompt(model: Any, name: str | None) -> torch.Tensor | None:
     if config.inference_mode:
         return encoder.embedding.weight
     return encoder(model.prompt_tokens[name][None].to(encoder.embedding.weight.device))[0]
+
+
+def is_deep_prompt(config: Any) -> bool:
+    return getattr(config.peft_type, "value", config.peft_type) in DEEP_PROMPT_TYPE_NAMES
+
+
+def adapter_deep_values(model: Any, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A deep-prompt (PREFIX_TUNING) adapter of a ``PeftModel`` as ``save_pretrained`` writes it: its
+    ``[n, num_layers * 2 * token_dim]`` values (any prefix projection applied) and its config as a dict."""
+    if name not in model.peft_config:
+        raise AdapterNotFoundError(f"No adapter named {name!r}; loaded: {sorted(model.peft_config)}.")
+    config = model.peft_config[name]
+    if not is_deep_prompt(config):
+        raise UnsupportedModelError(
+            f"Adapter {name!r} is {config.peft_type}, not a deep prompt ({', '.join(DEEP_PROMPT_TYPE_NAMES)})."
+        )
+    return model.get_prompt_embedding_to_save(name), config.to_dict()
 
 
 def adapter_tensors(model: Any, name: str) -> list[torch.Tensor]:

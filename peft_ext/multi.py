@@ -1,8 +1,10 @@
 """``MultiPromptModel``: many soft prompts served on one frozen base model, a different one per row.
 
-Prompts are plain ``[n, hidden]`` tensors keyed by name (a prompt is a few KB; the base model is hundreds of MB).
-Every call goes through the model's one :class:`~peft_ext.engine.PromptEngine`, the same path as
-``PeftModel(..., adapter_names=...)``, with each prompt's keys/values computed once and kept in its bounded cache.
+Prompts are plain ``[n, hidden]`` tensors keyed by name (a prompt is a few KB; the base model is hundreds of MB), or
+deep prompts (:class:`~peft_ext.adapter_files.DeepPrompt`: keys/values in every layer, e.g. a stock PEFT
+PREFIX_TUNING adapter), which need no model run at all. Every call goes through the model's one
+:class:`~peft_ext.engine.PromptEngine`, the same path as ``PeftModel(..., adapter_names=...)``, with each prompt's
+keys/values made once and kept in its bounded cache; rows of both kinds and bare rows mix in one batch.
 """
 
 from __future__ import annotations
@@ -17,21 +19,23 @@ from typing import Any
 
 import torch
 
-from .adapter_files import check_prompt_tensor, load_soft_prompt, pad_texts
+from .adapter_files import DeepPrompt, check_deep_prompt, check_prompt_tensor, load_prompt, pad_texts
 from .engine import BASE_ADAPTER, Prompt, PromptEngine
 from .engine.engine import next_serial, prompt_key
 from .engine.kv_cache import KVCacheStats
-from .errors import AdapterNotFoundError, InvalidConfigError, InvalidRequestError
+from .errors import AdapterNotFoundError, InvalidConfigError, InvalidRequestError, UnsupportedModelError
 
 
 @dataclass
 class _Loaded:
-    prompt: torch.Tensor
+    prompt: torch.Tensor | DeepPrompt
     serial: int  # part of the KV-cache key: a re-added name never reuses the old prompt's keys/values
     folder: str | None  # where an evicted prompt can be reloaded from
 
     def as_prompt(self, name: str) -> Prompt:
         prompt = self.prompt
+        if isinstance(prompt, DeepPrompt):  # its keys/values are views of the loaded values: no model run
+            return Prompt.deep(prompt_key(name, self.serial, [prompt.values]), prompt.layer_kv)
         return Prompt(prompt_key(name, self.serial, [prompt]), lambda: prompt)
 
 
@@ -79,15 +83,30 @@ class MultiPromptModel:
 
     def add(self, name: str, source: Any, *, adapter_name: str | None = None) -> None:
         """Load a prompt from an adapter folder, a ``PeftModel`` (its ``adapter_name`` adapter, by default the active
-        one) or a ``[n, hidden]`` tensor."""
+        one), a ``[n, hidden]`` tensor or a :class:`~peft_ext.adapter_files.DeepPrompt`.
+
+        A PREFIX_TUNING adapter (folder or ``PeftModel``) loads as a deep prompt, refused with
+        :class:`~peft_ext.errors.KVShapeMismatchError` unless its layer count, key/value heads and head size are
+        this model's.
+        """
         if not isinstance(name, str) or not name or name == BASE_ADAPTER:
             raise InvalidConfigError(
                 f"Invalid prompt name {name!r}: use a non-empty string other than {BASE_ADAPTER!r}."
             )
-        prompt = load_soft_prompt(source, adapter_name)
+        loaded = load_prompt(source, adapter_name)
         folder = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-        check_prompt_tensor(prompt, self._hidden_size, f"Soft prompt {name!r}")
-        prompt = prompt.detach().to(device=self._device, dtype=self._dtype).contiguous()
+        prompt: torch.Tensor | DeepPrompt
+        if isinstance(loaded, DeepPrompt):
+            if self.is_encoder_decoder:
+                raise UnsupportedModelError(
+                    f"Deep prompt {name!r} cannot be served on {type(self.model).__name__}, an encoder-decoder model; "
+                    "deep prompts are served on decoder-only models."
+                )
+            check_deep_prompt(loaded, self.engine.kv_shapes(), f"Deep prompt {name!r}")
+            prompt = loaded.to(self._device, self._dtype)
+        else:
+            check_prompt_tensor(loaded, self._hidden_size, f"Soft prompt {name!r}")
+            prompt = loaded.detach().to(device=self._device, dtype=self._dtype).contiguous()
         with self._lock:
             self._discard(name)
             self._prompts[name] = _Loaded(prompt, next_serial(), folder)
@@ -127,7 +146,8 @@ class MultiPromptModel:
     def __len__(self) -> int:
         return len(self._prompts)
 
-    def prompt(self, name: str) -> torch.Tensor:
+    def prompt(self, name: str) -> torch.Tensor | DeepPrompt:
+        """The prompt loaded as ``name``: a ``[n, hidden]`` tensor, or a deep prompt (``add`` takes either back)."""
         return self._get(name).prompt
 
     def _get(self, name: str) -> _Loaded:

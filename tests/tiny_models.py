@@ -1,4 +1,5 @@
-"""The tiny models of the suite (Llama: RoPE, GPT-2: absolute positions, Bloom: ALiBi), built from configs.
+"""The tiny models of the suite (Llama: RoPE, GPT-2: absolute positions, Bloom: ALiBi, Qwen2: RoPE with grouped-query
+attention and biased projections), built from configs.
 
 A plain module, imported by name (``from tiny_models import make_model``) by test modules and worker scripts alike;
 tests/conftest.py builds its fixtures from it. Helpers are never imported from a conftest.py: pytest imports every
@@ -18,6 +19,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 VOCAB_SIZE = 64
@@ -74,12 +77,32 @@ def _bloom() -> torch.nn.Module:
     return BloomForCausalLM(config)
 
 
-FAMILIES = {"llama": _llama, "gpt2": _gpt2, "bloom": _bloom}
+def _qwen2() -> torch.nn.Module:
+    config = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,  # grouped-query attention: 4 query heads share one key/value head
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+FAMILIES = {"llama": _llama, "gpt2": _gpt2, "bloom": _bloom}  # the suite's ``family`` fixture runs over these
+# Built on request only (make_model("qwen2")), so the suite's family-parametrized tests keep their size.
+MORE_FAMILIES = {"qwen2": _qwen2}
 
 
 def make_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = FAMILIES[family]()
+    model = (FAMILIES | MORE_FAMILIES)[family]()
     return model.eval()
 
 

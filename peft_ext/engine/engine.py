@@ -1,10 +1,13 @@
 """``PromptEngine``: forward and generate for a frozen model with a prompt per row, each prompt computed once.
 
-A row names a :class:`Prompt`: a cache key and a way to compute the ``[n, hidden]`` tensor. The callers (PEFT's
-``adapter_names``, ``MultiPromptModel``, a server) only say which prompt each row uses; the engine computes every
-distinct prompt once per call, and for inference reuses each prompt's keys/values from the model's one
-``PromptKVCache`` (computing the prompt only on a miss). Under causal attention that is exact: a prompt's keys/values
-at positions 0..n-1 depend on nothing else.
+A row names a :class:`Prompt`: a cache key and a way to make its keys/values for the model. An input-level prompt
+computes an ``[n, hidden]`` tensor of input embeddings, whose keys/values the model computes; a deep prompt gives its
+per-layer keys/values directly (no model run, no prefill). The callers (PEFT's ``adapter_names``,
+``MultiPromptModel``, a server) only say which prompt each row uses; the engine computes every distinct prompt once
+per call, and for inference reuses each prompt's keys/values from the model's one ``PromptKVCache`` (making them only
+on a miss). Under causal attention that is exact: a prompt's keys/values at positions 0..n-1 depend on nothing else.
+Where prompts enter as input embeddings (``forward``, ``generate(reuse_kv=False)``), deep prompts still enter as a
+block of keys/values before them: each row is ``[its deep prompt's keys/values][its input-level prompt][its text]``.
 
 Keys: ``(name, serial, versions)``. ``serial`` is unique to one loaded prompt (``next_serial()``, never reused), and
 ``versions`` are the ``_version`` counters of its tensors, which every in-place update (an optimizer step,
@@ -13,6 +16,7 @@ Keys: ``(name, serial, versions)``. ``serial`` is unique to one loaded prompt (`
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import weakref
@@ -22,9 +26,9 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidRequestError, UnsupportedModelError
+from ..errors import DeepPromptInputError, InvalidRequestError, UnsupportedModelError
 from ..integration import cache_argument
-from .kv_cache import DEFAULT_MAX_BYTES, LayerKV, PromptKVCache, batch_cache
+from .kv_cache import DEFAULT_MAX_BYTES, LayerKV, PromptKVCache, batch_cache, compute_prompt_kv, model_kv_shapes
 from .layout import filler_ids, holes_first, is_encoder_decoder, positions_from_mask, prefix_mask, prepend_prompts
 
 _SERIALS = itertools.count(1)
@@ -43,10 +47,44 @@ def prompt_key(name: str, serial: int, tensors: Sequence[torch.Tensor]) -> Hasha
 
 @dataclass(frozen=True, eq=False)
 class Prompt:
-    """One prompt a call's rows can use: its KV-cache key (None: never cached) and how to compute it."""
+    """One prompt a call's rows can use: its KV-cache key (None: never cached) and how to make it.
+
+    An input-level prompt is ``Prompt(key, compute)``: ``compute()`` gives its ``[n, hidden]`` input embeddings, whose
+    keys/values the model computes. A deep prompt (:meth:`deep`) has ``keys_values()``, its per-layer keys/values
+    ``[1, heads, n, head_dim]`` as the layers keep them, and no input embeddings (``compute()`` raises
+    :class:`DeepPromptInputError`).
+    """
 
     key: Hashable | None
     compute: Callable[[], torch.Tensor]
+    keys_values: Callable[[], LayerKV] | None = None
+
+    @classmethod
+    def deep(cls, key: Hashable | None, keys_values: Callable[[], LayerKV]) -> Prompt:
+        return cls(key, _no_input_embeddings, keys_values)
+
+    @property
+    def is_deep(self) -> bool:
+        return self.keys_values is not None
+
+    def layer_kv(self, model: Any) -> LayerKV:
+        """Its keys/values in ``model``: given (deep), or computed by running its input embeddings at 0..n-1."""
+        if self.keys_values is not None:
+            return self.keys_values()
+        return compute_prompt_kv(model, self.compute())
+
+    def num_tokens(self) -> int:
+        """How many positions it takes before the text."""
+        if self.keys_values is not None:
+            return int(self.keys_values()[0][0].shape[2])
+        return int(self.compute().shape[0])
+
+
+def _no_input_embeddings() -> torch.Tensor:
+    raise DeepPromptInputError(
+        "A deep prompt has keys/values in every layer and no input embeddings: it enters as keys/values "
+        "(Prompt.layer_kv); its length is Prompt.num_tokens()."
+    )
 
 
 Rows = Sequence[Prompt | None]
@@ -59,6 +97,7 @@ class PromptEngine:
         self._model = weakref.ref(model)  # the engine of a model must not keep the model alive (see ``of``)
         self.kv_cache = PromptKVCache(kv_cache_bytes)
         self.is_encoder_decoder = is_encoder_decoder(model)
+        self._kv_shapes: list[tuple[int, int]] | None = None
 
     @property
     def model(self) -> Any:
@@ -75,6 +114,13 @@ class PromptEngine:
                 engine = _ENGINES[model] = cls(model)
             return engine
 
+    def kv_shapes(self) -> list[tuple[int, int]]:
+        """Per layer of the model: the (key/value heads, head size) of its keys/values (what a deep prompt must fit),
+        read once from a one-token run."""
+        if self._kv_shapes is None:
+            self._kv_shapes = model_kv_shapes(self.model)
+        return self._kv_shapes
+
     # --- prompts -------------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -84,18 +130,40 @@ class PromptEngine:
         computed = {key: p.compute() for key, p in distinct.items()}
         return [None if p is None else computed[id(p)] for p in rows]
 
-    def _prefix(self, rows: Rows, device: torch.device) -> tuple[Any, torch.Tensor, int]:
-        """The batch's cache holding each row's prompt keys/values (right-aligned), its mask, and its length."""
+    @staticmethod
+    def _split(rows: Rows) -> tuple[Rows, Rows]:
+        """The rows' deep prompts and their input-level prompts (None where a row has none of that kind)."""
+        return [p if p is not None and p.is_deep else None for p in rows], [
+            p if p is not None and not p.is_deep else None for p in rows
+        ]
+
+    def _kv_block(self, rows: Rows, device: torch.device, cached: bool = True) -> tuple[Any, torch.Tensor, int]:
+        """The batch's cache holding each row's prompt keys/values (right-aligned), its mask, and its length.
+
+        ``cached``: through the model's prompt KV cache (inference); otherwise made afresh (differentiable)."""
+        batch = len(rows)
+        if not any(p is not None for p in rows):
+            return None, torch.zeros(batch, 0, dtype=torch.long, device=device), 0
         if self.is_encoder_decoder:
+            name = type(self.model).__name__
+            if any(p is not None and p.is_deep for p in rows):
+                raise UnsupportedModelError(
+                    f"{name} is an encoder-decoder model; deep prompts (keys/values in every layer) are served on "
+                    "decoder-only models."
+                )
             raise UnsupportedModelError(
-                f"{type(self.model).__name__} is an encoder-decoder model: its bidirectional encoder cannot reuse "
-                "prompt keys/values; use reuse_kv=False (recomputation)."
+                f"{name} is an encoder-decoder model: its bidirectional encoder cannot reuse prompt keys/values; use "
+                "reuse_kv=False (recomputation)."
             )
+        model = self.model
         distinct = {id(p): p for p in rows if p is not None}
-        kvs: dict[int, LayerKV] = {key: self.kv_cache.get(self.model, p.key, p.compute) for key, p in distinct.items()}
+        kvs: dict[int, LayerKV] = {
+            key: self.kv_cache.get(p.key, functools.partial(p.layer_kv, model)) if cached else p.layer_kv(model)
+            for key, p in distinct.items()
+        }
         per_row = [None if p is None else kvs[id(p)] for p in rows]
         mask, longest = prefix_mask([0 if kv is None else kv[0][0].shape[2] for kv in per_row], device)
-        return (batch_cache(self.model, per_row, longest) if longest else None), mask, longest
+        return (batch_cache(model, per_row, longest) if longest else None), mask, longest
 
     # --- running -------------------------------------------------------------------------------------------------
 
@@ -108,44 +176,49 @@ class PromptEngine:
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        """The model with the prompts in its input embeddings (differentiable: the training path).
+        """The model with the input-level prompts in its input embeddings (differentiable: the training path).
 
-        Logits cover the prompt block too, as PEFT's do: the text's logits start at the longest prompt's length. On
-        an encoder-decoder model the prompts go before the encoder's input and ``labels`` stay the decoder's.
+        Logits cover the input-level prompt block too, as PEFT's do: the text's logits start at the longest input-level
+        prompt's length. Deep prompts enter as a block of keys/values before it (made afresh, differentiable); as in
+        PEFT's prefix tuning, nothing predicts a deep row's first text token (its prompt has no logits), so that
+        label is not scored. On an encoder-decoder model the prompts go before the encoder's input and ``labels``
+        stay the decoder's.
         """
         model = self.model
         if inputs_embeds is None:
             inputs_embeds = model.get_input_embeddings()(input_ids)
         kwargs.pop("position_ids", None)  # replaced: positions count from each row's prompt
-        prompts = self.prompts(rows)
+        deep, shallow = self._split(rows)
+        cache, deep_mask, deep_length = self._kv_block(deep, inputs_embeds.device, cached=False)
+        prompts = self.prompts(shallow)
         if self.is_encoder_decoder:
             batch = prepend_prompts(prompts, inputs_embeds, attention_mask)
             return model(
                 inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=labels, **kwargs
             )
         batch = prepend_prompts(prompts, inputs_embeds, attention_mask, labels)
-        order = holes_first(batch.attention_mask)
-        if order is None:
-            return model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                labels=batch.labels,
-                **kwargs,
-            )
-        # Run with every row's masked slots moved in front of its prompt (so the one-step label shift meets the text),
-        # then put the logits back in the caller's layout.
-        mask = batch.attention_mask.gather(1, order)
-        hidden = batch.inputs_embeds.shape[-1]
+        embeds, mask, labels = batch.inputs_embeds, batch.attention_mask, batch.labels
+        if cache is not None:
+            kwargs[cache_argument(model)] = cache
+            if labels is not None:
+                labels = _unscored_first_tokens(labels, mask, [p is not None for p in deep])
+        # Every row's masked slots move in front of its prompt (so the one-step label shift meets the text); the
+        # logits are put back in the caller's layout.
+        order = holes_first(mask)
+        if order is not None:
+            embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+            mask = mask.gather(1, order)
+            labels = None if labels is None else labels.gather(1, order)
         output = model(
-            inputs_embeds=batch.inputs_embeds.gather(1, order[..., None].expand(-1, -1, hidden)),
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask),
-            labels=None if batch.labels is None else batch.labels.gather(1, order),
+            inputs_embeds=embeds,
+            attention_mask=torch.cat([deep_mask, mask], dim=1),
+            position_ids=positions_from_mask(torch.cat([deep_mask, mask], dim=1))[:, deep_length:],
+            labels=labels,
             **kwargs,
         )
-        restore = order.argsort(dim=1)
-        output.logits = output.logits.gather(1, restore[..., None].expand(-1, -1, output.logits.shape[-1]))
+        if order is not None:
+            restore = order.argsort(dim=1)
+            output.logits = output.logits.gather(1, restore[..., None].expand(-1, -1, output.logits.shape[-1]))
         return output
 
     @torch.no_grad()
@@ -153,7 +226,7 @@ class PromptEngine:
         self, rows: Rows, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> Any:
         """Inference forward reusing each prompt's cached keys/values; logits cover the text tokens only."""
-        cache, block_mask, _ = self._prefix(rows, input_ids.device)
+        cache, block_mask, _ = self._kv_block(rows, input_ids.device)
         text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         mask = torch.cat([block_mask, text_mask.long()], dim=1)
         positions = positions_from_mask(mask)[:, block_mask.shape[1] :]
@@ -174,8 +247,9 @@ class PromptEngine:
         (``[batch, text + new tokens]`` for a decoder-only model, a ``GenerateOutput`` with
         ``return_dict_in_generate``; an encoder-decoder's decoder tokens).
 
-        With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, they
-        enter as input embeddings. Both give the same tokens. Encoder-decoder models always recompute.
+        With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, the
+        input-level prompts enter as input embeddings (deep prompts still as a cache block before them). Both give
+        the same tokens. Encoder-decoder models always recompute, and take input-level prompts only.
         """
         model = self.model
         if len(rows) != input_ids.shape[0]:
@@ -188,25 +262,42 @@ class PromptEngine:
         if model.generation_config.pad_token_id is None and "pad_token_id" not in generate_kwargs:
             eos = model.generation_config.eos_token_id
             generate_kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+        recompute = not reuse_kv or self.is_encoder_decoder
+        deep, shallow = self._split(rows) if recompute else (rows, [None] * len(rows))
+        cache, block_mask, cache_length = self._kv_block(deep, input_ids.device, cached=reuse_kv)
         if self.is_encoder_decoder:
-            batch = prepend_prompts(self.prompts(rows), model.get_input_embeddings()(input_ids), text_mask)
+            batch = prepend_prompts(self.prompts(shallow), model.get_input_embeddings()(input_ids), text_mask)
             return model.generate(
                 inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs
             )
+        if cache is not None:
+            generate_kwargs[cache_argument(model)] = cache
         if reuse_kv:
-            cache, block_mask, longest = self._prefix(rows, input_ids.device)
-            if cache is not None:
-                generate_kwargs[cache_argument(model)] = cache
-            ids = torch.cat([filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
+            ids = torch.cat([filler_ids(input_ids, text_mask, cache_length), input_ids], dim=1)
             mask = torch.cat([block_mask, text_mask.long()], dim=1)
-            return _without_prefix(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs), longest)
-        batch = prepend_prompts(self.prompts(rows), model.get_input_embeddings()(input_ids), text_mask)
-        longest = batch.prefix_length
+            return _without_prefix(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs), cache_length)
+        # The input-level prompts as embeddings after the deep prompts' cache block; generate reads the embeddings of
+        # the positions the cache does not hold, so the block's own columns are zeros it never uses.
+        batch = prepend_prompts(self.prompts(shallow), model.get_input_embeddings()(input_ids), text_mask)
+        longest = cache_length + batch.prefix_length
+        block = batch.inputs_embeds.new_zeros(input_ids.shape[0], cache_length, batch.inputs_embeds.shape[-1])
         ids = torch.cat([filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         output = model.generate(
-            input_ids=ids, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **generate_kwargs
+            input_ids=ids,
+            inputs_embeds=torch.cat([block, batch.inputs_embeds], dim=1),
+            attention_mask=torch.cat([block_mask, batch.attention_mask], dim=1),
+            **generate_kwargs,
         )
         return _without_prefix(output, longest)
+
+
+def _unscored_first_tokens(labels: torch.Tensor, mask: torch.Tensor, rows: Sequence[bool]) -> torch.Tensor:
+    """``labels`` with the first attended token of each chosen row set to -100 (not scored)."""
+    first = mask.long().argmax(dim=1)
+    chosen = torch.tensor(list(rows), device=labels.device)
+    labels = labels.clone()
+    labels[chosen, first[chosen]] = -100
+    return labels
 
 
 def _without_prefix(output: Any, longest: int) -> Any:

@@ -2,7 +2,9 @@
 
 A prompt's keys/values depend only on the prompt (causal attention, prompt at positions 0..n-1), so they can be
 computed alone and stacked into any batch. They are 7-48x larger than the prompt itself, so the cache is bounded in
-bytes and evicts the least recently used prompt.
+bytes and evicts the least recently used prompt. A deep prompt's keys/values are given, not computed (no model run):
+its entry is a view of the loaded prompt, counted in bytes like any entry (the memory its keys/values take), which
+evicting frees only once the prompt itself is unloaded.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def compute_prompt_kv(model: Any, prompt: torch.Tensor) -> LayerKV:
     return [(layer.keys, layer.values) for layer in output_cache(output).layers]
 
 
+def model_kv_shapes(model: Any) -> list[tuple[int, int]]:
+    """Per layer of ``model``: the (key/value heads, head size) of the keys/values it keeps, read from one token."""
+    device = model.get_input_embeddings().weight.device
+    with torch.no_grad():
+        output = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+    return [(int(layer.keys.shape[1]), int(layer.keys.shape[3])) for layer in output_cache(output).layers]
+
+
 def kv_bytes(kv: LayerKV) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
@@ -61,8 +71,8 @@ class PromptKVCache:
         self._lock = threading.Lock()
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, model: Any, key: Hashable | None, prompt: Callable[[], torch.Tensor]) -> LayerKV:
-        """The prompt's keys/values: cached under ``key``, else computed from ``prompt()`` (called only then)."""
+    def get(self, key: Hashable | None, produce: Callable[[], LayerKV]) -> LayerKV:
+        """The prompt's keys/values: cached under ``key``, else ``produce()`` (called only then)."""
         if key is not None:
             with self._lock:
                 found = self._entries.get(key)
@@ -71,7 +81,7 @@ class PromptKVCache:
                     self._hits += 1
                     return found
                 self._misses += 1
-        kv = compute_prompt_kv(model, prompt())
+        kv = produce()
         if key is not None:
             self._store(key, kv)
         return kv

@@ -341,7 +341,7 @@ class _ChoiceText:
 
 
 def _target(prompt: Prompt | None, name: str) -> Target:
-    return Target(name, prompt, 0 if prompt is None else int(prompt.compute().shape[0]))
+    return Target(name, prompt, 0 if prompt is None else prompt.num_tokens())
 
 
 def _checked_text(text: str, what: str) -> str:
