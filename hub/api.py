@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_ext.adapter_files import AdapterFiles, folder_path, read_adapter_folder
+from peft_ext.adapter_files import (
+    DEEP_LAYOUT_FIELDS,
+    AdapterFiles,
+    DeepPrompt,
+    PromptKind,
+    check_deep_prompt,
+    deep_layout,
+    folder_path,
+    read_adapter_folder,
+)
 from peft_ext.base_ref import BaseModelRef
 
 from .errors import (
@@ -69,16 +78,21 @@ def push(
     check_metadata(metrics, training_data_hash)
     payload = _payload(source, allow_pickle)
     base = None if base_model is None else BaseModelRef.coerce(base_model, tokenizer)
-    if base is not None and base.hidden_size is not None and base.hidden_size != payload.token_dim:
+    hidden = payload.hidden_size
+    if base is not None and base.hidden_size is not None and hidden is not None and base.hidden_size != hidden:
         raise HiddenSizeMismatchError(
-            f"The adapter's prompt is {payload.token_dim} wide but the base model's hidden size is "
+            f"The adapter's prompt is {hidden} wide but the base model's hidden size is "
             f"{base.hidden_size}: it was not trained on this model."
         )
+    _check_layout(payload, base_model, "The adapter")
     adapter = {
         "peft_type": payload.config.get("peft_type"),
+        "kind": payload.kind.value,
         "num_virtual_tokens": payload.num_virtual_tokens,
         "token_dim": payload.token_dim,
     }
+    if payload.kind is PromptKind.DEEP:
+        adapter.update(zip(DEEP_LAYOUT_FIELDS, deep_layout(payload.config), strict=True))
 
     def make_manifest(chosen: SemVer, parent: SemVer | None) -> Manifest:
         return Manifest.build(
@@ -143,6 +157,8 @@ def pull(
             ) from None
     if expected is not None:
         _check_base(manifest, expected, allow_mismatch)
+        if not allow_mismatch:
+            _check_layout(read_adapter_folder(folder, deep=True), base_model, f"{task} {resolved}")
     return folder
 
 
@@ -151,7 +167,7 @@ def _verified(folder: Path, task: str, version: SemVer) -> Manifest:
     if manifest.task != task or manifest.version != version:
         raise IntegrityError(f"{folder} holds {manifest.task} {manifest.version}, not {task} {version}.")
     verify_folder(folder, manifest)
-    read_adapter_folder(folder)  # the bytes match the manifest; they must also be a usable soft prompt
+    read_adapter_folder(folder, deep=True)  # the bytes match the manifest; they must also be a usable soft prompt
     return manifest
 
 
@@ -214,12 +230,26 @@ def _store(store: Any) -> Store:
 
 def _payload(source: Any, allow_pickle: bool) -> AdapterFiles:
     if not callable(getattr(source, "save_pretrained", None)) or isinstance(source, (str, Path)):
-        return read_adapter_folder(folder_path(source), allow_pickle=allow_pickle)
+        return read_adapter_folder(folder_path(source), allow_pickle=allow_pickle, deep=True)
     active = getattr(source, "active_adapter", "default")
     with tempfile.TemporaryDirectory(prefix="peft_ext_push_") as tmp:
         source.save_pretrained(tmp, selected_adapters=[active], safe_serialization=True)
         folder = Path(tmp) if active == "default" else Path(tmp) / str(active)  # PEFT nests non-default adapters
-        return read_adapter_folder(folder, allow_pickle=False)
+        return read_adapter_folder(folder, allow_pickle=False, deep=True)
+
+
+def _check_layout(adapter: AdapterFiles, base_model: Any, what: str) -> None:
+    """A deep prompt fits only a base with its layer count, key/value heads and head size: checked against a loaded
+    model (a BaseModelRef alone is checked by its fingerprints)."""
+    if adapter.kind is not PromptKind.DEEP or not callable(getattr(base_model, "get_input_embeddings", None)):
+        return
+    if hasattr(base_model, "get_base_model") and hasattr(base_model, "peft_config"):
+        base_model = base_model.get_base_model()
+    from peft_ext.engine import PromptEngine
+
+    prompt = adapter.loaded()
+    assert isinstance(prompt, DeepPrompt)
+    check_deep_prompt(prompt, PromptEngine.of(base_model).kv_shapes(), what)
 
 
 def _check_base(manifest: Manifest, actual: BaseModelRef, allow_mismatch: bool) -> None:

@@ -51,7 +51,8 @@ def diff(
     """Compare two soft prompts given as folders or ``"repo:task@version"`` (pulled from ``store``).
 
     Rows are compared pairwise up to the shorter prompt. With ``model`` (its input embeddings) each row also gets
-    its ``top_k`` nearest vocabulary tokens by cosine, decoded with ``tokenizer`` when given.
+    its ``top_k`` nearest vocabulary tokens by cosine, decoded with ``tokenizer`` when given. Deep prompts compare
+    each virtual token's keys/values in every layer, and have no nearest tokens.
     """
     if type(top_k) is not int or top_k < 0:
         raise InvalidArgumentError(f"top_k must be an integer >= 0 (0: no nearest tokens), got {top_k!r:.40}.")
@@ -60,6 +61,8 @@ def diff(
         raise TensorShapeError(f"Cannot diff prompts of widths {rows_a.shape[1]} and {rows_b.shape[1]}.")
     norms_a, norms_b = np.linalg.norm(rows_a, axis=1), np.linalg.norm(rows_b, axis=1)
     vocab = _vocab(model)
+    if vocab is not None and vocab.shape[1] != rows_a.shape[1]:  # deep prompts: keys/values, not embeddings
+        vocab = None
     near_a, near_b = _nearest(rows_a, vocab, tokenizer, top_k), _nearest(rows_b, vocab, tokenizer, top_k)
     tokens = []
     for i in range(min(len(rows_a), len(rows_b))):
@@ -82,7 +85,7 @@ def _prompt(source: str | Path, store: Store | None) -> np.ndarray:
 
         repo, task, version = parse_reference(str(source))
         folder = pull(repo, task, version, store=store)
-    return read_adapter_folder(folder).prompt.float().numpy()
+    return read_adapter_folder(folder, deep=True).prompt.float().numpy()
 
 
 def _vocab(model: Any) -> np.ndarray | None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 from peft_ext.errors import (  # noqa: F401  (re-exported: an adapter is refused by peft_ext's one reader)
     BaseModelLoadError,
     CorruptAdapterError,
+    DeepPromptNotSupportedError,
     HiddenSizeMismatchError,
     InvalidAdapterConfigError,
     InvalidAdapterError,
     InvalidBaseModelError,
     InvalidSourceError,
+    KVShapeMismatchError,
     NonFiniteTensorError,
     PeftExtError,
     PickleRefusedError,

@@ -7,7 +7,8 @@ Schema 1 (JSON object)::
     parent_version   the highest version of the task when this one was pushed, or null
     created_at       UTC ISO-8601 time of the push
     base_model       BaseModelRef fields, or null when unknown
-    adapter          {peft_type, num_virtual_tokens, token_dim}
+    adapter          {peft_type, kind, num_virtual_tokens, token_dim}; kind is "input" (input embeddings) or
+                     "deep" (keys/values in every layer), which adds num_layers, num_key_value_heads, head_dim
     files            {file name: {sha256, size}} for every file of the version except the manifest itself:
                      exactly adapter_config.json and adapter_model.safetensors
     training_data_hash, metrics   as given to push, or null

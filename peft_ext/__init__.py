@@ -16,7 +16,7 @@ from .errors import PeftExtError
 
 if TYPE_CHECKING:
     from .engine import BASE_ADAPTER, KVCacheStats, PromptEngine, PromptKVCache
-    from .export import export_prompt_tuning
+    from .export import export_prefix_tuning, export_prompt_tuning
     from .integration import adapter_prompt
     from .multi import MultiPromptModel
     from .soft_prompt import Init, LengthPolicy, Reparameterization, SoftPromptConfig, SoftPromptEncoder
@@ -28,6 +28,7 @@ _LAZY = {
     "KVCacheStats": "peft_ext.engine",
     "PromptEngine": "peft_ext.engine",
     "PromptKVCache": "peft_ext.engine",
+    "export_prefix_tuning": "peft_ext.export",
     "export_prompt_tuning": "peft_ext.export",
     "adapter_prompt": "peft_ext.integration",
     "MultiPromptModel": "peft_ext.multi",
@@ -64,12 +65,15 @@ def register() -> None:
 
 
 def use_exact_generate(model: Any, enabled: bool = True) -> Any:
-    """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING`` adapters through peft_ext's path.
+    """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING``/``PREFIX_TUNING`` adapters through
+    peft_ext's path.
 
     Stock PEFT 0.21 prompt-tuning ``generate`` is wrong with transformers >= 5.24 (it feeds the virtual tokens again
-    at every decoding step: wrong tokens on RoPE models, index errors on GPT-2/OPT); its ``forward`` is right. With
-    this opt-in, ``generate`` prepends the active adapter's prompt once, as SOFT_PROMPT adapters always do, and gives
-    the tokens that greedy decoding with PEFT's own ``forward`` gives. ``forward`` is left to PEFT. Returns ``model``.
+    at every decoding step: wrong tokens on RoPE models, index errors on GPT-2/OPT), and prefix-tuning ``generate``
+    ignores the prefix (the base model's tokens); their ``forward`` is right. With this opt-in, ``generate`` puts the
+    active adapter's prompt (input embeddings or per-layer keys/values) before the text once, as SOFT_PROMPT adapters
+    always do, and gives the tokens that greedy decoding with PEFT's own ``forward`` gives. ``forward`` is left to
+    PEFT. Returns ``model``.
     """
     from .integration import route_stock_generate
 
@@ -92,6 +96,7 @@ __all__ = [
     "SoftPromptConfig",
     "SoftPromptEncoder",
     "adapter_prompt",
+    "export_prefix_tuning",
     "export_prompt_tuning",
     "register",
     "use_exact_generate",

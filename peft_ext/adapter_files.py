@@ -14,10 +14,11 @@ built, so a dtype torch cannot represent is refused by name), every value finite
 shape the config says.
 
 A folder holds one of two kinds of prompt (:class:`PromptKind`): an input-level prompt (SOFT_PROMPT, PROMPT_TUNING,
-P_TUNING: ``[n, hidden]`` input embeddings) or a deep prompt (PEFT's PREFIX_TUNING: keys/values in every layer,
-``[n, num_layers * 2 * token_dim]``, read as a :class:`DeepPrompt`). Deep prompts are read only when asked for
-(``deep=True``, as ``MultiPromptModel.add`` does): every other reader (hub, export, the ``adapter`` init, vLLM) takes
-input-level prompts and refuses a deep one with :class:`DeepPromptNotSupportedError`.
+P_TUNING: ``[n, hidden]`` input embeddings) or a deep prompt (SOFT_PROMPT with ``placement: "deep"``, or PEFT's
+PREFIX_TUNING: keys/values in every layer, ``[n, num_layers * 2 * kv_heads * head_dim]``, read as a
+:class:`DeepPrompt`). Deep prompts are read only by the readers that take them (``deep=True``: ``MultiPromptModel``,
+the server, ``hub``, the ``adapter`` init); the others (export to PROMPT_TUNING, vLLM) refuse one with
+:class:`DeepPromptNotSupportedError`.
 
 Where a prompt comes from is decided here too (:func:`load_soft_prompt`): a ``[num_virtual_tokens, hidden]`` float
 tensor is read from an adapter folder, taken from a ``PeftModel``'s adapter, or given directly (:func:`load_prompt`
@@ -73,9 +74,16 @@ ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)  # what a soft prompt is
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 # Fields whose value the weights' shape depends on: positive integers (PEFT's annotations say ``int``; bool is out).
-_POSITIVE_INTS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers", "num_attention_heads")
+_POSITIVE_INTS = (
+    "num_virtual_tokens",
+    "token_dim",
+    "num_transformer_submodules",
+    "num_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
 _REQUIRED = ("num_virtual_tokens", "token_dim")
-_REQUIRED_DEEP = ("num_layers", "num_attention_heads")  # besides _REQUIRED: how the values split into layers
 
 
 class PromptKind(enum.StrEnum):
@@ -89,6 +97,30 @@ KINDS = {
     **dict.fromkeys(INPUT_PROMPT_TYPE_NAMES, PromptKind.INPUT),
     **dict.fromkeys(DEEP_PROMPT_TYPE_NAMES, PromptKind.DEEP),
 }
+# The config fields that give a deep prompt's key/value heads and head size: PREFIX_TUNING's token_dim is one
+# layer's keys (heads x head size); SOFT_PROMPT keeps token_dim as the hidden size and records the two.
+_DEEP_HEADS = {"PREFIX_TUNING": "num_attention_heads", "SOFT_PROMPT": "num_key_value_heads"}
+_REQUIRED_DEEP = {
+    "PREFIX_TUNING": ("num_layers", "num_attention_heads"),
+    "SOFT_PROMPT": ("num_layers", "num_key_value_heads", "head_dim"),
+}
+
+
+DEEP_LAYOUT_FIELDS = ("num_layers", "num_key_value_heads", "head_dim")  # what deep_layout returns, by name
+
+
+def prompt_kind(config: dict[str, Any]) -> PromptKind:
+    """Which kind of prompt an ``adapter_config.json`` describes (a SOFT_PROMPT's ``placement`` says)."""
+    if config.get("placement") == PromptKind.DEEP.value:
+        return PromptKind.DEEP
+    return KINDS[config["peft_type"]]
+
+
+def deep_layout(config: dict[str, Any]) -> tuple[int, int, int]:
+    """A deep prompt's (layers, key/value heads, head size) from its checked ``adapter_config.json``."""
+    heads = int(config[_DEEP_HEADS[config["peft_type"]]])
+    head_dim = config.get("head_dim") or int(config["token_dim"]) // heads
+    return int(config["num_layers"]), heads, int(head_dim)
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,14 @@ class DeepPrompt:
         split = self.values.view(1, n, 2 * self.num_layers, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return [(split[2 * layer], split[2 * layer + 1]) for layer in range(self.num_layers)]
 
+    @classmethod
+    def from_layer_kv(cls, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DeepPrompt:
+        """The inverse of :meth:`layer_kv`: per-layer keys/values ``[1, heads, n, head_dim]`` in one tensor."""
+        stacked = torch.stack([t for keys_values in layers for t in keys_values])  # [2L, 1, heads, n, head_dim]
+        two_layers, _, heads, n, head_dim = stacked.shape
+        values = stacked.permute(1, 3, 0, 2, 4).reshape(n, two_layers * heads * head_dim).contiguous()
+        return cls(values, two_layers // 2, heads)
+
     def to(self, device: torch.device, dtype: torch.dtype) -> DeepPrompt:
         values = self.values.detach().to(device=device, dtype=dtype).contiguous()
         return DeepPrompt(values, self.num_layers, self.num_heads)
@@ -132,7 +172,7 @@ class AdapterFiles:
 
     files: dict[str, bytes]
     config: dict[str, Any]
-    prompt: torch.Tensor  # input-level: [num_virtual_tokens, token_dim]; deep: [n, num_layers * 2 * token_dim]
+    prompt: torch.Tensor  # input-level: [num_virtual_tokens, token_dim]; deep: [n, layers * 2 * heads * head_dim]
     kind: PromptKind = PromptKind.INPUT
 
     @property
@@ -141,13 +181,19 @@ class AdapterFiles:
 
     @property
     def token_dim(self) -> int:
-        """The width of one token's vector: the hidden size (input-level), one layer's keys or values (deep)."""
+        """``token_dim`` as the config says: the hidden size, except for PREFIX_TUNING (one layer's keys)."""
         return int(self.config["token_dim"]) if self.kind is PromptKind.DEEP else int(self.prompt.shape[1])
+
+    @property
+    def hidden_size(self) -> int | None:
+        """The base model's hidden size as the adapter records it (a PREFIX_TUNING adapter records none)."""
+        return None if self.config["peft_type"] in DEEP_PROMPT_TYPE_NAMES else int(self.config["token_dim"])
 
     def loaded(self) -> torch.Tensor | DeepPrompt:
         """The prompt as a model takes it: the ``[n, hidden]`` tensor, or a :class:`DeepPrompt`."""
         if self.kind is PromptKind.DEEP:
-            return DeepPrompt(self.prompt, int(self.config["num_layers"]), int(self.config["num_attention_heads"]))
+            layers, heads, _ = deep_layout(self.config)
+            return DeepPrompt(self.prompt, layers, heads)
         return self.prompt
 
 
@@ -192,7 +238,7 @@ def read_adapter_folder(
         )
     tensors = check_weights(weights, config, str(weights_path))
     files = {CONFIG_NAME: config_bytes, SAFETENSORS_WEIGHTS_NAME: weights}
-    return AdapterFiles(files, config, tensors[PROMPT_KEY], KINDS[config["peft_type"]])
+    return AdapterFiles(files, config, tensors[PROMPT_KEY], prompt_kind(config))
 
 
 def check_config(data: bytes, source: str, *, deep: bool = False) -> dict[str, Any]:
@@ -208,11 +254,13 @@ def check_config(data: bytes, source: str, *, deep: bool = False) -> dict[str, A
     except strict_json.StrictJSONError as exc:
         raise InvalidAdapterConfigError(f"{source} is not a valid JSON object ({exc}); re-save the adapter.") from None
     peft_type = config.get("peft_type")
-    if not deep and peft_type in DEEP_PROMPT_TYPE_NAMES:
+    is_deep = peft_type in DEEP_PROMPT_TYPE_NAMES or (
+        peft_type in _DEEP_HEADS and config.get("placement") == PromptKind.DEEP.value
+    )
+    if not deep and is_deep:
         raise DeepPromptNotSupportedError(
-            f"{source} is a {peft_type} adapter: a deep prompt (keys/values in every layer). Deep prompts cannot be "
-            "shared yet: hub, export, the adapter init and vLLM take input-level prompts only. Serve it with "
-            "MultiPromptModel.add(name, folder)."
+            f"{source} is a deep prompt ({peft_type}: keys/values in every layer), and this takes prompts that enter "
+            "as input embeddings only. Serve it with MultiPromptModel.add or peft-ext serve, share it with hub."
         )
     allowed = INPUT_PROMPT_TYPE_NAMES + (DEEP_PROMPT_TYPE_NAMES if deep else ())
     if peft_type not in allowed:
@@ -245,13 +293,13 @@ def check_config(data: bytes, source: str, *, deep: bool = False) -> dict[str, A
         raise InvalidAdapterConfigError(f"{source} is refused by PEFT's {config_cls.__name__}: {reason}") from None
     if not getattr(built, "is_prompt_learning", False):
         raise UnsupportedPeftTypeError(f"{source}: {peft_type} is not a prompt-learning method.")
-    if KINDS[peft_type] is PromptKind.DEEP:
+    if is_deep:
         _check_deep_config(config, source)
     return config
 
 
 def _check_deep_config(config: dict[str, Any], source: str) -> None:
-    for name in _REQUIRED + _REQUIRED_DEEP:  # PEFT fills them from the model when a config is made; saved, they are set
+    for name in _REQUIRED + _REQUIRED_DEEP[config["peft_type"]]:  # filled in when the model is built; saved, set
         if config.get(name) is None:
             raise InvalidAdapterConfigError(
                 f"{source} has no {name!r}, which a deep prompt's values are split by; re-save the adapter with "
@@ -262,7 +310,7 @@ def _check_deep_config(config: dict[str, Any], source: str) -> None:
             f"{source}: num_transformer_submodules is {config['num_transformer_submodules']}, a prefix for an "
             "encoder-decoder model; deep prompts are served on decoder-only models (num_transformer_submodules 1)."
         )
-    if config["token_dim"] % config["num_attention_heads"]:
+    if config["peft_type"] in DEEP_PROMPT_TYPE_NAMES and config["token_dim"] % config["num_attention_heads"]:
         raise InvalidAdapterConfigError(
             f"{source}: token_dim {config['token_dim']} is not a multiple of num_attention_heads "
             f"{config['num_attention_heads']}; a deep prompt's token_dim is heads x head size. Re-save the adapter."
@@ -279,10 +327,10 @@ def check_weights(data: bytes, config: dict[str, Any], source: str) -> dict[str,
         raise TensorShapeError(f"{PROMPT_KEY!r} in {source} has shape {list(shape)}; expected [num_tokens, hidden].")
     expected_rows = _int(config.get("num_virtual_tokens"))
     expected_dim = _int(config.get("token_dim"))
-    if config.get("peft_type") in DEEP_PROMPT_TYPE_NAMES:  # PEFT saves the first num_virtual_tokens rows only
-        layers = _int(config.get("num_layers"))
-        expected_dim = None if expected_dim is None or layers is None else layers * 2 * expected_dim
-        meaning = "num_virtual_tokens x num_layers * 2 * token_dim"
+    if prompt_kind(config) is PromptKind.DEEP:  # checked by _check_deep_config; PEFT saves num_virtual_tokens rows
+        layers, heads, head_dim = deep_layout(config)
+        expected_dim = layers * 2 * heads * head_dim
+        meaning = "num_virtual_tokens x num_layers * 2 * key/value heads * head size"
     else:
         if expected_rows is not None:
             expected_rows *= _int(config.get("num_transformer_submodules")) or 1
@@ -383,8 +431,7 @@ def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor | 
     if hasattr(source, "prompt_encoder"):  # a PeftModel
         name = adapter_name if adapter_name is not None else active_adapter(source)
         if name in source.peft_config and is_deep_prompt(source.peft_config[name]):
-            values, config = adapter_deep_values(source, name)
-            return DeepPrompt(values, int(config["num_layers"]), int(config["num_attention_heads"]))
+            return DeepPrompt(*adapter_deep_values(source, name))
     return load_soft_prompt(source, adapter_name)
 
 

@@ -32,7 +32,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from peft import PeftModel, PeftModelForCausalLM, PeftType
 
-from .errors import AdapterNotFoundError, UnsupportedModelError, UnsupportedPeftVersionError
+from .errors import (
+    AdapterNotFoundError,
+    DeepPromptNotSupportedError,
+    UnsupportedModelError,
+    UnsupportedPeftVersionError,
+)
 
 TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21.0,<0.22")
 BASE_ADAPTER = "__base__"  # the adapter name meaning "no prompt" for a row; None works too
@@ -126,8 +131,23 @@ def _ours(config: Any) -> bool:
     return _installed is not None and isinstance(config, _installed.config_class)
 
 
+def _type_name(config: Any) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
+def is_deep_prompt(config: Any) -> bool:
+    """Whether an adapter's prompt is keys/values in every layer: PREFIX_TUNING, or SOFT_PROMPT placed deep."""
+    return _type_name(config) in DEEP_PROMPT_TYPE_NAMES or bool(getattr(config, "is_deep", False))
+
+
 def is_input_prompt(config: Any) -> bool:
-    return getattr(config.peft_type, "value", config.peft_type) in INPUT_PROMPT_TYPE_NAMES
+    """Whether an adapter's prompt enters as input embeddings."""
+    return _type_name(config) in INPUT_PROMPT_TYPE_NAMES and not is_deep_prompt(config)
+
+
+def is_prompt(config: Any) -> bool:
+    """Whether the engine runs this adapter as a per-row prompt (either kind)."""
+    return is_input_prompt(config) or is_deep_prompt(config)
 
 
 # --- building the prompt module -------------------------------------------------------------------------------------
@@ -148,7 +168,8 @@ def _setup_prompt_encoder(original: Any, self: Any, adapter_name: str) -> None:
     self.word_embeddings = base.get_input_embeddings()
     config.num_transformer_submodules = 1
     initialize = not getattr(config, "_weights_follow", False)
-    encoder = _installed.encoder_class(config, self.word_embeddings, initialize=initialize).to(self.device)
+    encoder = _installed.encoder_class(config, self.word_embeddings, initialize=initialize, model=base)
+    encoder = encoder.to(self.device)
     self.prompt_encoder.update(torch.nn.ModuleDict({adapter_name: encoder}))
     self.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens).long()
 
@@ -229,15 +250,21 @@ def _push_to_hub(original: Any, self: Any, repo_id: str, *args: Any, **kwargs: A
 # --- a PeftModel's adapters as prompts ------------------------------------------------------------------------------
 
 
-def check_adapter(model: Any, name: str) -> None:
-    """Raise a named error unless ``name`` is an input-prompt adapter of the PeftModel ``model``."""
+def check_adapter(model: Any, name: str, deep: bool = True) -> None:
+    """Raise a named error unless ``name`` is a prompt adapter of the PeftModel ``model`` (an input-level one
+    unless ``deep``)."""
     if name not in model.peft_config:
         raise AdapterNotFoundError(f"No adapter named {name!r}; loaded: {sorted(model.peft_config)}.")
     config = model.peft_config[name]
-    if not is_input_prompt(config):
+    if not deep and is_deep_prompt(config):
+        raise DeepPromptNotSupportedError(
+            f"Adapter {name!r} is a deep prompt ({_type_name(config)}: keys/values in every layer); this takes "
+            "prompts that enter as input embeddings."
+        )
+    if not is_prompt(config):
         raise UnsupportedModelError(
-            f"Adapter {name!r} is {config.peft_type}; per-row adapters work for prompts that enter as input "
-            f"embeddings ({', '.join(INPUT_PROMPT_TYPE_NAMES)})."
+            f"Adapter {name!r} is {_type_name(config)}; this works for prompt adapters "
+            f"({', '.join(INPUT_PROMPT_TYPE_NAMES + DEEP_PROMPT_TYPE_NAMES)})."
         )
 
 
@@ -246,7 +273,7 @@ def adapter_prompt(model: Any, name: str | None) -> torch.Tensor | None:
     None for the bare base model (``None`` or ``BASE_ADAPTER``)."""
     if name is None or name == BASE_ADAPTER:
         return None
-    check_adapter(model, name)
+    check_adapter(model, name, deep=False)
     config = model.peft_config[name]
     encoder: Any = model.prompt_encoder[name]
     if _ours(config):
@@ -256,21 +283,22 @@ def adapter_prompt(model: Any, name: str | None) -> torch.Tensor | None:
     return encoder(model.prompt_tokens[name][None].to(encoder.embedding.weight.device))[0]
 
 
-def is_deep_prompt(config: Any) -> bool:
-    return getattr(config.peft_type, "value", config.peft_type) in DEEP_PROMPT_TYPE_NAMES
-
-
-def adapter_deep_values(model: Any, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A deep-prompt (PREFIX_TUNING) adapter of a ``PeftModel`` as ``save_pretrained`` writes it: its
-    ``[n, num_layers * 2 * token_dim]`` values (any prefix projection applied) and its config as a dict."""
+def adapter_deep_values(model: Any, name: str) -> tuple[torch.Tensor, int, int]:
+    """A deep-prompt adapter of a ``PeftModel``: its ``[n, num_layers * 2 * heads * head_dim]`` values (for our own
+    adapters differentiable while training; PREFIX_TUNING's as ``save_pretrained`` writes them, any prefix projection
+    applied), its layer count and its key/value heads."""
     if name not in model.peft_config:
         raise AdapterNotFoundError(f"No adapter named {name!r}; loaded: {sorted(model.peft_config)}.")
     config = model.peft_config[name]
     if not is_deep_prompt(config):
         raise UnsupportedModelError(
-            f"Adapter {name!r} is {config.peft_type}, not a deep prompt ({', '.join(DEEP_PROMPT_TYPE_NAMES)})."
+            f"Adapter {name!r} is {_type_name(config)}, not a deep prompt ({', '.join(DEEP_PROMPT_TYPE_NAMES)} or "
+            "SOFT_PROMPT with placement='deep')."
         )
-    return model.get_prompt_embedding_to_save(name), config.to_dict()
+    if _ours(config):
+        return model.prompt_encoder[name].prompt(), config.num_layers, config.num_key_value_heads
+    values = model.get_prompt_embedding_to_save(name)
+    return values.to(model.device), config.num_layers, config.num_attention_heads
 
 
 def adapter_tensors(model: Any, name: str) -> list[torch.Tensor]:
@@ -291,16 +319,17 @@ def _takes_over(model: PeftModel, adapter_names: Any, generating: bool = False) 
 
 
 def route_stock_generate(model: Any, enabled: bool) -> None:
-    """Mark a PeftModel so that its stock input-prompt adapters generate through the installed method's path."""
+    """Mark a PeftModel so that its stock prompt adapters (input-level or PREFIX_TUNING) generate through the
+    installed method's path."""
     if not isinstance(model, PeftModelForCausalLM):
         raise UnsupportedModelError(
             f"use_exact_generate takes a PeftModelForCausalLM (task_type='CAUSAL_LM'), got {type(model).__name__}."
         )
     for name, config in model.peft_config.items():
-        if not is_input_prompt(config):
+        if not is_prompt(config):
             raise UnsupportedModelError(
-                f"Adapter {name!r} is {config.peft_type}; use_exact_generate works for prompts that enter as input "
-                f"embeddings ({', '.join(INPUT_PROMPT_TYPE_NAMES)})."
+                f"Adapter {name!r} is {config.peft_type}; use_exact_generate works for prompt adapters "
+                f"({', '.join(INPUT_PROMPT_TYPE_NAMES + DEEP_PROMPT_TYPE_NAMES)})."
             )
     model.__dict__[_EXACT_GENERATE] = enabled
 

@@ -26,7 +26,7 @@ import torch
 from peft import PeftModel
 
 from .adapter_files import check_prompt_tensor, load_soft_prompt
-from .errors import InvalidRequestError, UnsupportedModelError
+from .errors import DeepPromptNotSupportedError, InvalidRequestError, UnsupportedModelError
 
 PromptSource = torch.Tensor | str | os.PathLike[str] | PeftModel  # a [n, hidden] tensor, an adapter folder, a PeftModel
 TokenIds = Sequence[int] | torch.Tensor
@@ -102,7 +102,7 @@ def prompt_embeds(
     (``dtype`` overrides: pass the dtype vLLM runs the model in) and no autograd history.
     """
     embed, weight = _embedding_table(model_or_embeddings)
-    soft = load_soft_prompt(prompt, adapter_name)
+    soft = _input_prompt(prompt, adapter_name)
     check_prompt_tensor(soft, weight.shape[1], "The soft prompt")
     ids = _token_tensor(token_ids, weight.shape[0], weight.device)
     text = embed(ids[None])[0]
@@ -164,7 +164,7 @@ class VllmPrompts:
         with self._lock:
             tensor = self._tensors.get(key)
         if tensor is None:
-            tensor = load_soft_prompt(source)
+            tensor = _input_prompt(source)
             check_prompt_tensor(tensor, self._weight.shape[1], f"The soft prompt {name!r}")
             tensor = tensor.detach().to(device=self._weight.device, dtype=self._dtype).contiguous()
             with self._lock:
@@ -185,3 +185,13 @@ class VllmPrompts:
         embeds = encode_prompt_embeds(self.embeds(name, token_ids))
         extra_body = {**params.pop("extra_body", {}), "prompt_embeds": embeds}
         return {"model": model, "prompt": "", **params, "extra_body": extra_body}
+
+
+def _input_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
+    try:
+        return load_soft_prompt(source, adapter_name)
+    except DeepPromptNotSupportedError as exc:
+        raise DeepPromptNotSupportedError(
+            f"{exc} vLLM takes a soft prompt only as input embeddings (prompt_embeds), not as keys/values in every "
+            "layer: serve deep prompts with peft-ext serve (MultiPromptModel), or train with placement='input'."
+        ) from None

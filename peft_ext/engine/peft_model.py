@@ -1,5 +1,6 @@
 """A ``PeftModel`` call through the engine: each row's adapter (``adapter_names``, default the active one) becomes
-a :class:`Prompt` keyed by the adapter's name, its encoder's serial and its tensors' versions."""
+a :class:`Prompt` keyed by the adapter's name, its encoder's serial and its tensors' versions: input embeddings, or
+(a deep SOFT_PROMPT, a PREFIX_TUNING adapter) keys/values in every layer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from typing import Any
 
 import torch
 
+from ..adapter_files import DeepPrompt
+from ..engine.kv_cache import LayerKV
 from ..errors import InvalidRequestError
-from ..integration import BASE_ADAPTER, active_adapter, adapter_prompt, adapter_tensors, check_adapter
+from ..integration import (
+    BASE_ADAPTER,
+    active_adapter,
+    adapter_deep_values,
+    adapter_prompt,
+    adapter_tensors,
+    check_adapter,
+    is_deep_prompt,
+)
 from .engine import Prompt, PromptEngine, next_serial, prompt_key
 
 
@@ -33,7 +44,10 @@ def rows(model: Any, adapter_names: Sequence[str | None] | None, batch: int) -> 
         encoder = model.prompt_encoder[name]
         # In training mode (dropout in an encoder) a prompt is not deterministic, and never cached.
         key = None if model.training else prompt_key(name, _serial(encoder), adapter_tensors(model, name))
-        prompts[name] = Prompt(key, functools.partial(_prompt, model, name))
+        if is_deep_prompt(model.peft_config[name]):
+            prompts[name] = Prompt.deep(key, functools.partial(_deep_prompt, model, name))
+        else:
+            prompts[name] = Prompt(key, functools.partial(_prompt, model, name))
     return [None if n is None or n == BASE_ADAPTER else prompts[n] for n in adapter_names]
 
 
@@ -68,3 +82,9 @@ def _prompt(model: Any, name: str) -> torch.Tensor:
     prompt = adapter_prompt(model, name)
     assert prompt is not None  # rows() gives no Prompt to the bare base model
     return prompt
+
+
+def _deep_prompt(model: Any, name: str) -> LayerKV:
+    values, layers, heads = adapter_deep_values(model, name)
+    dtype = model.get_base_model().get_input_embeddings().weight.dtype
+    return DeepPrompt(values.to(dtype), layers, heads).layer_kv()

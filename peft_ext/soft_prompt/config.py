@@ -17,6 +17,7 @@ from peft import PeftType, PromptLearningConfig, TaskType
 
 from ..errors import HiddenSizeMismatchError, InvalidConfigError, UnknownStrategyError, UnsupportedModelError
 from .encoders import Reparameterization
+from .placement import Placement, fill_deep_layout
 from .strategies import INIT_STRATEGIES, Init, LengthPolicy, load_local_tokenizer
 
 SOFT_PROMPT = "SOFT_PROMPT"
@@ -32,15 +33,34 @@ def _member(enum: type[Enum], value: Any, field_name: str) -> Any:
 
 @dataclass
 class SoftPromptConfig(PromptLearningConfig):
-    """A soft prompt: ``num_virtual_tokens`` trainable vectors put before the input embeddings of a frozen model.
+    """A soft prompt: ``num_virtual_tokens`` trainable vectors put before the input embeddings of a frozen model
+    (``placement='input'``), or trainable keys/values of that many virtual tokens in every layer (``'deep'``).
 
     Example::
 
         config = SoftPromptConfig(task_type="CAUSAL_LM", init="text", tokenizer=tokenizer,
                                   init_text="Answer like a motivational coach:", text_length_policy="exact")
         model = peft.get_peft_model(base_model, config)
+        deep = SoftPromptConfig(task_type="CAUSAL_LM", placement="deep", init="frequent", tokenizer=tokenizer,
+                                init_texts=train_texts, num_virtual_tokens=16)
     """
 
+    placement: Placement | str = field(
+        default=Placement.INPUT,
+        metadata={
+            "help": "Where the virtual tokens live: 'input' (vectors before the input embeddings; the model computes "
+            "their keys/values) or 'deep' (keys and values in every layer, as in prefix tuning / P-tuning v2). A deep "
+            "prompt starts from the keys/values the frozen model computes for the chosen init, so it starts exactly "
+            "where the input-level prompt of that init is. Deep prompts train their values directly "
+            "(reparameterization='direct')."
+        },
+    )
+    num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "Filled in for a deep prompt: the base model's key/value heads per layer."}
+    )
+    head_dim: int | None = field(
+        default=None, metadata={"help": "Filled in for a deep prompt: the size of one key/value head."}
+    )
     init: Init | str = field(
         default=Init.RANDOM,
         metadata={
@@ -126,8 +146,15 @@ class SoftPromptConfig(PromptLearningConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType(SOFT_PROMPT)  # a member peft_ext adds to PeftType when it is imported
+        self.placement = _member(Placement, self.placement, "placement")
         self.init = _member(Init, self.init, "init")
         self.reparameterization = _member(Reparameterization, self.reparameterization, "reparameterization")
+        if self.is_deep and self.reparameterization is not Reparameterization.DIRECT:
+            raise InvalidConfigError(
+                f"placement='deep' trains the keys/values directly; reparameterization="
+                f"{str(self.reparameterization)!r} applies to input-level prompts. Use reparameterization='direct' "
+                "or placement='input'."
+            )
         if self.text_length_policy is not None:
             self.text_length_policy = _member(LengthPolicy, self.text_length_policy, "text_length_policy")
         if self.num_anchor_tokens < 0:
@@ -157,6 +184,8 @@ class SoftPromptConfig(PromptLearningConfig):
                 f"The adapter is {self.token_dim} wide but {type(model).__name__}'s hidden size is {hidden}: "
                 "it was made for a different base model."
             )
+        if self.is_deep:
+            fill_deep_layout(self, model)
         if self.inference_mode:
             return  # the saved prompt is loaded: no init runs
         INIT_STRATEGIES[Init(self.init)].check(self)
@@ -169,11 +198,24 @@ class SoftPromptConfig(PromptLearningConfig):
                 f"num_anchor_tokens ({self.num_anchor_tokens}) exceeds num_virtual_tokens ({self.num_virtual_tokens})."
             )
 
+    @property
+    def is_deep(self) -> bool:
+        """Whether the virtual tokens are keys/values in every layer (``placement='deep'``)."""
+        return self.placement is Placement.DEEP
+
+    @property
+    def prompt_width(self) -> int:
+        """The width of one virtual token's stored vector: the hidden size, or (deep) every layer's keys and values."""
+        if not self.is_deep:
+            return int(self.token_dim)
+        assert self.num_layers and self.num_key_value_heads and self.head_dim, "check_model fills the deep layout"
+        return self.num_layers * 2 * self.num_key_value_heads * self.head_dim
+
     def to_dict(self) -> dict[str, Any]:
         result = super().to_dict()
         result["tokenizer"] = result["init_texts"] = None  # never serialised; the ids they produced are
         result["peft_type"] = SOFT_PROMPT
-        for name in ("init", "text_length_policy", "reparameterization"):  # plain strings in adapter_config.json
+        for name in ("placement", "init", "text_length_policy", "reparameterization"):  # plain strings in the JSON
             if isinstance(result[name], Enum):
                 result[name] = result[name].value
         return result

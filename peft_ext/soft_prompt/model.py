@@ -11,12 +11,14 @@ older release, or exported) loads for inference as its final prompt, with the en
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from peft.tuners.tuners_utils import BasePromptEncoder
 from torch import nn
 
 from ..adapter_files import PROMPT_KEY, check_prompt_tensor
-from ..errors import HiddenSizeMismatchError, InvalidAdapterError
+from ..errors import HiddenSizeMismatchError, InvalidAdapterError, InvalidConfigError
 from .config import SoftPromptConfig
 from .encoders import ENCODERS, Reparameterization
 from .strategies import INIT_STRATEGIES, Init
@@ -25,11 +27,15 @@ TRAINING_STATE_PREFIX = "soft_prompt_training."
 
 
 class SoftPromptEncoder(BasePromptEncoder):
-    """Holds one soft prompt; ``prompt()`` returns it as ``[num_virtual_tokens, hidden]``."""
+    """Holds one soft prompt; ``prompt()`` returns it as ``[num_virtual_tokens, config.prompt_width]``: input
+    embeddings, or (deep) every layer's keys/values in PEFT's PREFIX_TUNING layout. ``model``, the frozen base,
+    is needed only to initialize a deep prompt."""
 
-    def __init__(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, initialize: bool = True) -> None:
+    def __init__(
+        self, config: SoftPromptConfig, word_embeddings: nn.Embedding, initialize: bool = True, model: Any = None
+    ) -> None:
         super().__init__()
-        num_tokens, hidden = config.num_virtual_tokens, config.token_dim
+        num_tokens, hidden = config.num_virtual_tokens, config.prompt_width
         self.reparameterization = config.reparameterization
         self.num_anchor_tokens = config.num_anchor_tokens
         self.inference_mode = bool(config.inference_mode)
@@ -42,7 +48,13 @@ class SoftPromptEncoder(BasePromptEncoder):
         self.register_state_dict_pre_hook(lambda module, *_: module._pin_unused_anchor_rows())
         if config.inference_mode or not initialize:
             return  # the saved weights are loaded next
-        values = INIT_STRATEGIES[Init(config.init)].values(config, word_embeddings, num_tokens)
+        strategy = INIT_STRATEGIES[Init(config.init)]
+        if config.is_deep:
+            if model is None:
+                raise InvalidConfigError("A deep prompt's init needs the base model (its keys/values): pass model=.")
+            values = strategy.deep_values(config, word_embeddings, model, num_tokens)
+        else:
+            values = strategy.values(config, word_embeddings, num_tokens)
         check_prompt_tensor(values, hidden, f"The {Init(config.init).value!r} init")
         with torch.no_grad():
             self.embedding.weight.copy_(values)

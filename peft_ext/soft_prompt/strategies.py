@@ -3,7 +3,9 @@
 Each init strategy owns what it needs: ``resolve`` fills in token ids when the config is built with a tokenizer (so
 ``adapter_config.json`` records them and the prompt module never loads a tokenizer), ``check`` names what is still
 missing when a model is built, and ``values`` makes the ``[num_tokens, hidden]`` float32 tensor from the base
-model's input embeddings. Unseeded draws follow the global seed (``torch.manual_seed``), as PEFT's own inits do.
+model's input embeddings (``deep_values``: the keys/values the model computes for them, so that a deep prompt starts
+exactly where the input-level prompt of the same init is). Unseeded draws follow the global seed
+(``torch.manual_seed``), as PEFT's own inits do.
 """
 
 from __future__ import annotations
@@ -18,14 +20,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..adapter_files import check_prompt_tensor, read_adapter_folder
+from ..adapter_files import (
+    AdapterFiles,
+    DeepPrompt,
+    PromptKind,
+    check_deep_prompt,
+    check_prompt_tensor,
+    read_adapter_folder,
+)
+from ..engine import PromptEngine
 from ..errors import (
+    DeepPromptNotSupportedError,
     EmptyInitTextError,
     InitTextLengthError,
     InvalidConfigError,
     MissingLabelWordsError,
     TokenizerNotAvailableError,
 )
+from .placement import deep_values
 
 if TYPE_CHECKING:
     from .config import SoftPromptConfig
@@ -126,6 +138,12 @@ class InitStrategy:
 
     def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def deep_values(
+        self, config: SoftPromptConfig, word_embeddings: nn.Embedding, model: Any, num_tokens: int
+    ) -> torch.Tensor:
+        """A deep prompt's start: the keys/values ``model`` computes for this init's input-level prompt."""
+        return deep_values(model, self.values(config, word_embeddings, num_tokens))
 
 
 class RandomInit(InitStrategy):
@@ -282,26 +300,48 @@ class LabelsInit(InitStrategy):
 
 
 class AdapterInit(InitStrategy):
-    """The prompt of an existing soft-prompt adapter folder (transfer between tasks, SPoT)."""
+    """The prompt of an existing soft-prompt adapter folder (transfer between tasks, SPoT). A deep prompt starts
+    from a deep adapter's keys/values as they are, or from an input-level adapter's keys/values in the model."""
 
     def complete(self, config: SoftPromptConfig) -> None:
         if config.init_adapter and config.num_virtual_tokens is None:
-            config.num_virtual_tokens = read_adapter_folder(config.init_adapter).prompt.shape[0]
+            config.num_virtual_tokens = self._read(config, config.num_virtual_tokens).num_virtual_tokens
 
     def check(self, config: SoftPromptConfig) -> None:
         if not config.init_adapter:
             raise InvalidConfigError("init='adapter' needs init_adapter=<folder of a saved soft-prompt adapter>.")
 
     def values(self, config: SoftPromptConfig, word_embeddings: nn.Embedding, num_tokens: int) -> torch.Tensor:
-        assert config.init_adapter is not None
-        prompt = read_adapter_folder(config.init_adapter).prompt
-        check_prompt_tensor(prompt, word_embeddings.weight.shape[1], f"the adapter at {config.init_adapter}")
-        if prompt.shape[0] != num_tokens:
-            raise InitTextLengthError(
-                f"The adapter at {config.init_adapter} has {prompt.shape[0]} virtual tokens but num_virtual_tokens="
-                f"{num_tokens}; leave num_virtual_tokens unset to take its length."
+        adapter = self._read(config, num_tokens)
+        if adapter.kind is PromptKind.DEEP:
+            raise DeepPromptNotSupportedError(
+                f"The adapter at {config.init_adapter} is a deep prompt (keys/values in every layer); it can start a "
+                "deep prompt (placement='deep') but not an input-level one."
             )
-        return prompt.float().clone()
+        check_prompt_tensor(adapter.prompt, word_embeddings.weight.shape[1], f"the adapter at {config.init_adapter}")
+        return adapter.prompt.float().clone()
+
+    def deep_values(
+        self, config: SoftPromptConfig, word_embeddings: nn.Embedding, model: Any, num_tokens: int
+    ) -> torch.Tensor:
+        adapter = self._read(config, num_tokens)
+        if adapter.kind is PromptKind.INPUT:
+            return super().deep_values(config, word_embeddings, model, num_tokens)
+        deep = adapter.loaded()
+        assert isinstance(deep, DeepPrompt)
+        check_deep_prompt(deep, PromptEngine.of(model).kv_shapes(), f"The adapter at {config.init_adapter}")
+        return deep.values.float().clone()
+
+    @staticmethod
+    def _read(config: SoftPromptConfig, num_tokens: int | None) -> AdapterFiles:
+        assert config.init_adapter is not None
+        adapter = read_adapter_folder(config.init_adapter, deep=True)
+        if num_tokens is not None and adapter.num_virtual_tokens != num_tokens:
+            raise InitTextLengthError(
+                f"The adapter at {config.init_adapter} has {adapter.num_virtual_tokens} virtual tokens but "
+                f"num_virtual_tokens={num_tokens}; leave num_virtual_tokens unset to take its length."
+            )
+        return adapter
 
 
 INIT_STRATEGIES: dict[Init, InitStrategy] = {

@@ -1,0 +1,63 @@
+"""Where a soft prompt's virtual tokens live (``SoftPromptConfig.placement``), and what that changes.
+
+* ``input``: ``[n, hidden]`` vectors before the input embeddings; the frozen model computes their keys/values.
+* ``deep``: keys and values of ``n`` virtual tokens in every layer (prefix tuning, P-tuning v2), trained directly and
+  stored as ``[n, num_layers * 2 * kv_heads * head_dim]`` in PEFT's PREFIX_TUNING layout (:class:`DeepPrompt`).
+
+A deep prompt starts where the input-level prompt of the same init would be: its values are the keys/values the frozen
+model computes for that init's ``[n, hidden]`` vectors at positions 0..n-1. Keys are stored as the layers keep them in
+their cache (on RoPE models rotated for positions 0..n-1), so they enter a batch's cache unchanged and the text after
+them starts at position n, exactly as it does after an input-level prompt.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..adapter_files import DeepPrompt
+from ..engine import PromptEngine
+from ..engine.kv_cache import compute_prompt_kv
+from ..errors import KVShapeMismatchError
+
+if TYPE_CHECKING:
+    from .config import SoftPromptConfig
+
+
+class Placement(StrEnum):
+    """Where the virtual tokens live (``SoftPromptConfig.placement``)."""
+
+    INPUT = "input"
+    DEEP = "deep"
+
+
+def deep_values(model: Any, embeddings: torch.Tensor) -> torch.Tensor:
+    """The deep prompt that starts exactly where the input-level prompt ``embeddings`` is: its keys/values in
+    ``model``, as ``[n, num_layers * 2 * kv_heads * head_dim]`` float32."""
+    return DeepPrompt.from_layer_kv(compute_prompt_kv(model, embeddings)).values.float()
+
+
+def fill_deep_layout(config: SoftPromptConfig, model: Any) -> None:
+    """Record the model's key/value layout in a deep config (layers, key/value heads, head size), or refuse a
+    saved one that differs with :class:`KVShapeMismatchError`."""
+    shapes = set(PromptEngine.of(model).kv_shapes())
+    layers = len(PromptEngine.of(model).kv_shapes())
+    name = type(model).__name__
+    if len(shapes) != 1:
+        raise KVShapeMismatchError(
+            f"{name}'s layers keep keys/values of different shapes ({sorted(shapes)} as (heads, head size)); deep "
+            "prompts work on models whose layers all share one shape. Use placement='input'."
+        )
+    ((heads, head_dim),) = shapes
+    found = (layers, heads, head_dim)
+    if config.inference_mode or config.num_key_value_heads is not None:
+        saved = (config.num_layers, config.num_key_value_heads, config.head_dim)
+        if saved != found:
+            raise KVShapeMismatchError(
+                f"The deep prompt has {saved[0]} layers of {saved[1]} key/value heads x head size {saved[2]}, but "
+                f"{name} has {layers} layers of {heads} x {head_dim}: it was made for another base model (its "
+                "adapter_config.json names it in base_model_name_or_path)."
+            )
+    config.num_layers, config.num_key_value_heads, config.head_dim = found
