@@ -240,7 +240,7 @@ def test_reader_tells_the_kind_and_refuses_deep_unless_asked(tmp_path):
     assert adapter.kind is PromptKind.DEEP and adapter.prompt.shape == (DEEP_TOKENS, 2 * 2 * 1 * 8)
     deep = adapter.loaded()
     assert isinstance(deep, DeepPrompt) and (deep.num_layers, deep.num_heads, deep.head_dim) == (2, 1, 8)
-    with pytest.raises(DeepPromptNotSupportedError, match="cannot be shared yet"):
+    with pytest.raises(DeepPromptNotSupportedError, match="input embeddings only"):
         read_adapter_folder(folder)
     assert issubclass(DeepPromptNotSupportedError, UnsupportedPeftTypeError)  # what callers caught before
 
@@ -271,19 +271,32 @@ def test_reader_checks_a_prefix_against_its_config(tmp_path):
         read_adapter_folder(folder, deep=True)
 
 
-def test_hub_refuses_deep_prompts_for_now(tmp_path):
+def test_hub_shares_deep_prompts_with_their_layout_checked(tmp_path):
     import hub
     from hub import LocalStore
+    from peft_ext import SoftPromptConfig
 
-    folder = _save_prefix(tmp_path / "prefix", "llama")
     store = LocalStore(tmp_path / "store")
-    with pytest.raises(DeepPromptNotSupportedError, match="Deep prompts cannot be shared yet"):
-        hub.push(folder, "org/prompts", task="coach", store=store)
-    with pytest.raises(DeepPromptNotSupportedError):
-        hub.push(_prefix_model(make_model("llama")), "org/prompts", task="coach", store=store)
-    assert hub.tasks("org/prompts", store=store) == []
-    with pytest.raises(DeepPromptNotSupportedError):
-        hub.diff(folder, folder)
+    model = make_model("llama")
+    prefix = _save_prefix(tmp_path / "prefix", "llama")
+    soft = get_peft_model(
+        make_model("llama"), SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=DEEP_TOKENS, placement="deep")
+    )
+    with pytest.raises(KVShapeMismatchError, match="3 layers"):
+        hub.push(prefix, "org/prompts", task="coach", store=store, base_model=_variant("llama", num_hidden_layers=3))
+    assert hub.tasks("org/prompts", store=store) == []  # nothing written
+    hub.push(prefix, "org/prompts", task="coach", store=store, base_model=model)
+    hub.push(soft, "org/prompts", task="coach", store=store, base_model=model)
+    for version, peft_type in (("1.0.0", "PREFIX_TUNING"), ("1.0.1", "SOFT_PROMPT")):
+        manifest = hub.show("org/prompts", "coach", version, store=store).manifest
+        assert manifest.adapter["kind"] == "deep" and manifest.adapter["peft_type"] == peft_type
+        assert (manifest.adapter["num_layers"], manifest.adapter["num_key_value_heads"]) == (2, 2)
+        folder = hub.pull("org/prompts", "coach", version, store=store, base_model=model)
+        assert read_adapter_folder(folder, deep=True).kind is PromptKind.DEEP
+    result = hub.diff(prefix, hub.pull("org/prompts", "coach", "1.0.0", store=store), model=model)
+    assert result.mean_cosine == pytest.approx(1.0)
+    with pytest.raises(hub.errors.BaseModelMismatchError):
+        hub.pull("org/prompts", "coach", "1.0.1", store=store, base_model=_variant("llama", num_hidden_layers=3))
 
 
 def test_a_deep_prompt_has_no_input_embeddings(setup):
