@@ -59,6 +59,17 @@ def soft_prompt_variants(tokenizer_folder: str) -> dict[str, dict[str, Any]]:
             "reparameterization": "lstm",
             "encoder_hidden_size": 32,
         },
+        # Deep prompts (keys/values in every layer): PEFT's prefix-tuning cases are the closest contract.
+        "deep_vocab": {**common, "placement": "deep", "init": "vocab", "init_seed": 0},
+        "deep_text_anchors": {
+            **common,
+            "placement": "deep",
+            "init": "text",
+            "init_text": "This is a test prompt.",
+            "text_length_policy": "repeat",
+            "tokenizer": tokenizer_folder,
+            "num_anchor_tokens": 2,
+        },
     }
 
 

@@ -109,11 +109,16 @@ _REQUIRED_DEEP = {
 DEEP_LAYOUT_FIELDS = ("num_layers", "num_key_value_heads", "head_dim")  # what deep_layout returns, by name
 
 
+_PLACED_TYPE_NAMES = ("SOFT_PROMPT",)  # types whose ``placement`` field chooses the kind
+
+
 def prompt_kind(config: dict[str, Any]) -> PromptKind:
-    """Which kind of prompt an ``adapter_config.json`` describes (a SOFT_PROMPT's ``placement`` says)."""
-    if config.get("placement") == PromptKind.DEEP.value:
+    """Which kind of prompt an ``adapter_config.json`` of a prompt method describes (a SOFT_PROMPT's ``placement``
+    says)."""
+    peft_type = config.get("peft_type")
+    if peft_type in _PLACED_TYPE_NAMES and config.get("placement") == PromptKind.DEEP.value:
         return PromptKind.DEEP
-    return KINDS[config["peft_type"]]
+    return KINDS.get(peft_type, PromptKind.INPUT) if isinstance(peft_type, str) else PromptKind.INPUT
 
 
 def deep_layout(config: dict[str, Any]) -> tuple[int, int, int]:
@@ -254,9 +259,7 @@ def check_config(data: bytes, source: str, *, deep: bool = False) -> dict[str, A
     except strict_json.StrictJSONError as exc:
         raise InvalidAdapterConfigError(f"{source} is not a valid JSON object ({exc}); re-save the adapter.") from None
     peft_type = config.get("peft_type")
-    is_deep = peft_type in DEEP_PROMPT_TYPE_NAMES or (
-        peft_type in _DEEP_HEADS and config.get("placement") == PromptKind.DEEP.value
-    )
+    is_deep = prompt_kind(config) is PromptKind.DEEP
     if not deep and is_deep:
         raise DeepPromptNotSupportedError(
             f"{source} is a deep prompt ({peft_type}: keys/values in every layer), and this takes prompts that enter "

@@ -49,6 +49,11 @@ class UnsupportedModelError(PeftExtError, ValueError):
     """The base model or task type is not one peft_ext supports."""
 
 
+class GradientCheckpointingError(UnsupportedModelError):
+    """A deep prompt trained on a model with gradient (activation) checkpointing on: checkpointed layers drop the
+    key/value cache a deep prompt enters as (PEFT's prefix tuning refuses it alike)."""
+
+
 class DeepPromptInputError(InvalidRequestError):
     """A deep prompt's input embeddings were asked for: it has per-layer keys/values only, so it cannot enter a path
     that takes prompts as input embeddings."""

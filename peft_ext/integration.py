@@ -387,6 +387,12 @@ def cache_argument(model: Any) -> str:
     return _cache_argument(type(model).forward)
 
 
+def activation_checkpointing(model: Any) -> bool:
+    """Whether any layer of ``model`` checkpoints activations (transformers' ``gradient_checkpointing`` flag on its
+    modules; read as PEFT reads it, without the deprecated ``is_gradient_checkpointing``)."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
 def output_cache(output: Any) -> Any:
     """The key/value cache a model output returned, under whichever name the installed transformers uses."""
     cache = getattr(output, "cache", None)

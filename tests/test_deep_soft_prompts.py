@@ -311,3 +311,20 @@ def test_the_vllm_bridge_refuses_a_deep_prompt_and_says_why(tmp_path):
     for source in (tmp_path, model):
         with pytest.raises(DeepPromptNotSupportedError, match="vLLM takes a soft prompt only as input embeddings"):
             prompt_embeds(make_model("llama"), source, [5, 6])
+
+
+def test_gradient_checkpointing_is_refused_by_name_as_peft_refuses_prefix_tuning(tmp_path):
+    from peft_ext.errors import GradientCheckpointingError
+
+    base = make_model("llama")
+    base.gradient_checkpointing_enable()
+    with pytest.raises(GradientCheckpointingError, match="gradient checkpointing"):
+        get_peft_model(base, _config())
+    model = get_peft_model(make_model("llama"), _config())
+    model.save_pretrained(tmp_path)
+    model.get_base_model().gradient_checkpointing_enable()
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(GradientCheckpointingError, match="gradient_checkpointing_disable"):
+        model.train()(input_ids=ids, labels=ids)
+    loaded = PeftModel.from_pretrained(base, tmp_path).eval()  # inference needs no cache-free training
+    assert loaded(input_ids=ids).logits.shape == (1, 3, 64)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DeepPromptInputError, InvalidRequestError, UnsupportedModelError
-from ..integration import cache_argument
+from ..errors import DeepPromptInputError, GradientCheckpointingError, InvalidRequestError, UnsupportedModelError
+from ..integration import activation_checkpointing, cache_argument
 from .kv_cache import DEFAULT_MAX_BYTES, LayerKV, PromptKVCache, batch_cache, compute_prompt_kv, model_kv_shapes
 from .layout import filler_ids, holes_first, is_encoder_decoder, positions_from_mask, prefix_mask, prepend_prompts
 
@@ -189,6 +189,11 @@ class PromptEngine:
             inputs_embeds = model.get_input_embeddings()(input_ids)
         kwargs.pop("position_ids", None)  # replaced: positions count from each row's prompt
         deep, shallow = self._split(rows)
+        if model.training and any(p is not None for p in deep) and activation_checkpointing(model):
+            raise GradientCheckpointingError(
+                "Deep prompts enter as a key/value cache, which layers under gradient checkpointing drop while "
+                "training; turn gradient checkpointing off (model.gradient_checkpointing_disable()) to train them."
+            )
         cache, deep_mask, deep_length = self._kv_block(deep, inputs_embeds.device, cached=False)
         prompts = self.prompts(shallow)
         if self.is_encoder_decoder:

@@ -17,7 +17,7 @@ from peft import PeftType, PromptLearningConfig, TaskType
 
 from ..errors import HiddenSizeMismatchError, InvalidConfigError, UnknownStrategyError, UnsupportedModelError
 from .encoders import Reparameterization
-from .placement import Placement, fill_deep_layout
+from .placement import Placement, fill_deep_layout, refuse_checkpointing
 from .strategies import INIT_STRATEGIES, Init, LengthPolicy, load_local_tokenizer
 
 SOFT_PROMPT = "SOFT_PROMPT"
@@ -186,6 +186,8 @@ class SoftPromptConfig(PromptLearningConfig):
             )
         if self.is_deep:
             fill_deep_layout(self, model)
+            if not self.inference_mode:
+                refuse_checkpointing(model)
         if self.inference_mode:
             return  # the saved prompt is loaded: no init runs
         INIT_STRATEGIES[Init(self.init)].check(self)

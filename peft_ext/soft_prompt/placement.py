@@ -20,7 +20,8 @@ import torch
 from ..adapter_files import DeepPrompt
 from ..engine import PromptEngine
 from ..engine.kv_cache import compute_prompt_kv
-from ..errors import KVShapeMismatchError
+from ..errors import GradientCheckpointingError, KVShapeMismatchError
+from ..integration import activation_checkpointing
 
 if TYPE_CHECKING:
     from .config import SoftPromptConfig
@@ -37,6 +38,17 @@ def deep_values(model: Any, embeddings: torch.Tensor) -> torch.Tensor:
     """The deep prompt that starts exactly where the input-level prompt ``embeddings`` is: its keys/values in
     ``model``, as ``[n, num_layers * 2 * kv_heads * head_dim]`` float32."""
     return DeepPrompt.from_layer_kv(compute_prompt_kv(model, embeddings)).values.float()
+
+
+def refuse_checkpointing(model: Any) -> None:
+    """Deep prompts enter as a key/value cache, which layers under gradient checkpointing drop while training."""
+    if activation_checkpointing(model):
+        raise GradientCheckpointingError(
+            "A deep prompt (placement='deep') does not work with gradient checkpointing: checkpointed layers drop the "
+            "key/value cache it enters as (PEFT's PREFIX_TUNING refuses it alike). Turn it off "
+            "(model.gradient_checkpointing_disable(), or gradient_checkpointing=False in TrainingArguments), or use "
+            "placement='input'."
+        )
 
 
 def fill_deep_layout(config: SoftPromptConfig, model: Any) -> None:
