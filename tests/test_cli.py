@@ -150,3 +150,22 @@ def test_a_single_label_is_refused_before_any_training(tmp_path, tiny_tokenizer,
     assert main(args) == 2
     assert "--label-column label needs at least two labels" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_a_deep_prompt_saves_resumes_and_pushes(tmp_path, tiny_tokenizer):
+    """--placement deep through Trainer: held-out loss falls, checkpoints resume, the pushed manifest says deep."""
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
+    data.write_text("be kind always\ndream a great dream\n" * 4)
+    held_out.write_text("be kind always\n")
+    common = ["train", str(data), "--model", str(model), "--placement", "deep", "--num-virtual-tokens", "4"]
+    common += ["--lr", "0.1", "--save-steps", "3", "--output", str(tmp_path / "run"), "--eval", str(held_out)]
+    assert main([*common, "--steps", "3"]) == 0
+    sharing = ["--push", "me/prompts", "--task", "kind", "--store-root", str(tmp_path / "store")]
+    assert main([*common, "--steps", "6", "--resume", *sharing]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["eval"]["after"] < summary["eval"]["before"]
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "SOFT_PROMPT" and config["placement"] == "deep"
+    manifest = json.loads((tmp_path / "store/me/prompts/kind/1.0.0/peft_ext_manifest.json").read_text())
+    assert manifest["adapter"]["kind"] == "deep"

@@ -53,6 +53,12 @@ def register(commands: Any) -> None:
         help=f"frequent (tokens frequent in the training data) | random | vocab | text | labels | adapter "
         f"(default {DEFAULT_INIT}).",
     )
+    model.add_argument(
+        "--placement",
+        default="input",
+        help="input (vectors before the input embeddings) | deep (keys/values in every layer, started from the init's "
+        "keys/values; direct reparameterization only) (default input).",
+    )
     model.add_argument("--init-text", help="Text for --init text.")
     model.add_argument("--text-length-policy", help="repeat | truncate | pad | exact, when the text's length differs.")
     model.add_argument("--label-words", help="Comma-separated class-label words for --init labels.")
@@ -87,6 +93,7 @@ def _config(args: argparse.Namespace, tokenizer: Any, texts: list[Any], choices:
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=tokens,
+        placement=args.placement,
         init=args.init,
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
