@@ -49,6 +49,7 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "cpu_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "load_average_1_5_15": list(os.getloadavg()),
     }
 
 

