@@ -39,7 +39,7 @@ def test_push_then_pull_round_trips_the_bytes(store: Store, adapter: MakeAdapter
     manifest = read_manifest(folder)
     assert (manifest.task, str(manifest.version), manifest.metrics) == ("coach", "1.0.0", {"acc": 0.5})
     assert manifest.training_data_hash == "abc" and manifest.parent_version is None
-    assert manifest.adapter == {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "token_dim": 8}
+    assert manifest.adapter == {"peft_type": "PROMPT_TUNING", "kind": "input", "num_virtual_tokens": 4, "token_dim": 8}
 
 
 def test_bumps_and_explicit_versions(store: Store, adapter: MakeAdapter) -> None:
