@@ -31,7 +31,12 @@ def train_prompt(
     """Train one soft prompt of the tiny Llama on ``spec["texts"]`` with ``batch_size`` rows per process."""
     model = get_peft_model(
         make_model("llama"),
-        SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec["num_virtual_tokens"], init_seed=0),
+        SoftPromptConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=spec["num_virtual_tokens"],
+            init_seed=0,
+            placement=spec.get("placement", "input"),
+        ),
     )
     initial = model.prompt_encoder["default"].prompt().detach().clone()
     seen: list[list[list[int]]] = []  # per training forward: the token ids of each row of this process's batch

@@ -69,12 +69,14 @@ def _rows(batch: list[list[int]], pad_token_id: int) -> list[tuple[int, ...]]:
     return [tuple(token for token in row if token != pad_token_id) for row in batch]
 
 
-def test_two_processes_train_the_same_prompt_as_one_on_the_same_global_batch(tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("placement", ["input", "deep"])
+def test_two_processes_train_the_same_prompt_as_one_on_the_same_global_batch(tiny_tokenizer, tmp_path, placement):
+    spec = {**SPEC, "placement": placement}
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
-    (tmp_path / "spec.json").write_text(json.dumps(SPEC), encoding="utf-8")
+    (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     _run_two_processes(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
-    reference = train_prompt(tiny_tokenizer, SPEC, tmp_path / "one-process", batch_size=4)
+    reference = train_prompt(tiny_tokenizer, spec, tmp_path / "one-process", batch_size=4)
 
     # It really was data parallel: 2 gloo ranks, each step each rank ran 2 of the 4 texts, together all 4 once.
     assert [(r["rank"], r["world_size"], r["backend"]) for r in ranks] == [(0, 2, "gloo"), (1, 2, "gloo")]
