@@ -204,9 +204,7 @@ for _id, _value in {
     push_case(f"peft_type-{_id}", UnsupportedPeftTypeError, config_with(peft_type=_value))
 # A deep prompt is shared too, but one whose config cannot say how its values split into layers is refused.
 push_case("peft_type-PREFIX_TUNING-no-layout", InvalidAdapterConfigError, config_with(peft_type="PREFIX_TUNING"))
-push_case(
-    "placement-deep-no-layout", InvalidAdapterConfigError, config_with(peft_type="SOFT_PROMPT", placement="deep")
-)
+push_case("placement-deep-no-layout", InvalidAdapterConfigError, config_with(peft_type="SOFT_PROMPT", placement="deep"))
 for _field, _values in {
     "num_virtual_tokens": {"str": "4", "float": 4.0, "bool": True, "zero": 0, "negative": -4, "null": None},
     "token_dim": {"str": "8", "float": 8.5, "bool": False, "zero": 0, "negative": -8},
