@@ -11,7 +11,7 @@ import torch
 
 from .adapter_files import pad_token_id
 from .evaluation import Example, collate, encode
-from .integration import score_every_label
+from .integration import is_deep_prompt, score_every_label
 
 
 @dataclass
@@ -25,10 +25,14 @@ class _TextDataset(torch.utils.data.Dataset):
     """Tokenised rows with their labels, each tagged with the adapter whose prompt it trains."""
 
     def __init__(
-        self, tokenizer: Any, texts_by_adapter: Mapping[str, Sequence[str | Example]], max_length: int
+        self,
+        tokenizer: Any,
+        texts_by_adapter: Mapping[str, Sequence[str | Example]],
+        max_length: int,
+        deep: frozenset[str] = frozenset(),
     ) -> None:
         self.rows = [
-            (*_tokenised(tokenizer, item, max_length), name)
+            (*_tokenised(tokenizer, item, max_length, first_scored=name not in deep), name)
             for name, items in texts_by_adapter.items()
             for item in items
         ]
@@ -40,12 +44,20 @@ class _TextDataset(torch.utils.data.Dataset):
         return self.rows[index]
 
 
-def _tokenised(tokenizer: Any, item: str | Example, max_length: int) -> tuple[list[int], list[int]]:
-    """A text is scored whole; an :class:`Example` only on its target."""
+def _tokenised(
+    tokenizer: Any, item: str | Example, max_length: int, first_scored: bool = True
+) -> tuple[list[int], list[int]]:
+    """A text is scored whole; an :class:`Example` only on its target. Without ``first_scored`` (a deep prompt,
+    which has no output position to predict the row's first token from) the first token is not a label, so that
+    Trainer's token count, the loss's divisor, counts only the tokens scored."""
     if isinstance(item, Example):
-        return encode(tokenizer, item, max_length)
-    ids = tokenizer(item, truncation=True, max_length=max_length)["input_ids"]
-    return ids, list(ids)
+        ids, labels = encode(tokenizer, item, max_length)
+    else:
+        ids = tokenizer(item, truncation=True, max_length=max_length)["input_ids"]
+        labels = list(ids)
+    if not first_scored and labels and labels[0] != -100:
+        labels[0] = -100
+    return ids, labels
 
 
 class _MixedAdapterCollator:
@@ -94,6 +106,7 @@ def train_soft_prompts(
     texts_by_adapter = dict(texts) if isinstance(texts, Mapping) else {model.active_adapter: list(texts)}
     for name in texts_by_adapter:
         model.prompt_encoder[name].requires_grad_(True)  # PEFT adds extra adapters frozen
+    deep = frozenset(name for name in texts_by_adapter if is_deep_prompt(model.peft_config[name]))
     training_args.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # on CPU pinning only warns
     arguments = TrainingArguments(
         output_dir=os.fspath(output_dir),
@@ -113,10 +126,10 @@ def train_soft_prompts(
     trainer = Trainer(
         model=model,
         args=arguments,
-        train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length),
+        train_dataset=_TextDataset(tokenizer, texts_by_adapter, max_length, deep),
         data_collator=_MixedAdapterCollator(tokenizer),
     )
-    score_every_label(trainer)  # a prompt precedes each text, so its first token is a target too
+    score_every_label(trainer)  # a prompt precedes each text, so its first token is a target too (deep: unlabelled)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainingResult(losses=losses, steps=output.global_step, seconds=output.metrics["train_runtime"])

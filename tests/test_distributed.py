@@ -120,3 +120,20 @@ def test_loss_is_the_mean_over_every_text_token_whatever_the_padding(tiny_tokeni
         model, tiny_tokenizer, TEXTS, tmp_path, max_steps=1, batch_size=4, show_progress=False, use_cpu=True
     )
     assert result.losses[0] == pytest.approx(sums / tokens, abs=TOLERANCE)
+
+
+def test_a_deep_prompt_s_loss_is_the_mean_over_the_tokens_it_scores(tiny_tokenizer, tmp_path):
+    """A deep prompt has no output position before the text, so each row's first token is not scored; the loss's
+    divisor leaves it out too, and the first logged loss is the mean over every other token, whatever the padding."""
+    config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, init_seed=0, placement="deep")
+    model = get_peft_model(make_model("llama"), config)
+    sums, tokens = 0.0, 0
+    with torch.no_grad():
+        for text in TEXTS:
+            ids = torch.tensor([tiny_tokenizer(text)["input_ids"]])
+            sums += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            tokens += ids.shape[1] - 1
+    result = train_soft_prompts(
+        model, tiny_tokenizer, TEXTS, tmp_path, max_steps=1, batch_size=4, show_progress=False, use_cpu=True
+    )
+    assert result.losses[0] == pytest.approx(sums / tokens, abs=TOLERANCE)
