@@ -112,6 +112,15 @@ def test_a_deep_prompt_starts_where_the_input_prompt_of_its_init_is(init, tiny_t
     assert (expected - _logits(make_model("llama"), ids)).abs().max() > 0.05  # the prompt matters
 
 
+def test_the_start_is_computed_without_dropout_on_a_model_in_training_mode():
+    """GPT-2 has dropout: the init's keys/values are the eval-mode ones, whatever mode the base model is in."""
+    base = make_model("gpt2").train()
+    deep = get_peft_model(base, _config()).eval()
+    shallow = get_peft_model(make_model("gpt2"), _config("input")).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(_logits(deep, ids), _logits(shallow, ids)[:, TOKENS:], atol=1e-5, rtol=0)
+
+
 def test_the_adapter_init_takes_an_input_or_a_deep_adapter(tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     shallow = get_peft_model(make_model("llama"), _config("input", init_seed=11)).eval()

@@ -36,8 +36,13 @@ class Placement(StrEnum):
 
 def deep_values(model: Any, embeddings: torch.Tensor) -> torch.Tensor:
     """The deep prompt that starts exactly where the input-level prompt ``embeddings`` is: its keys/values in
-    ``model``, as ``[n, num_layers * 2 * kv_heads * head_dim]`` float32."""
-    return DeepPrompt.from_layer_kv(compute_prompt_kv(model, embeddings)).values.float()
+    ``model`` (run in eval mode: no dropout), as ``[n, num_layers * 2 * kv_heads * head_dim]`` float32."""
+    training = model.training
+    model.eval()
+    try:
+        return DeepPrompt.from_layer_kv(compute_prompt_kv(model, embeddings)).values.float()
+    finally:
+        model.train(training)
 
 
 def refuse_checkpointing(model: Any) -> None:
