@@ -21,6 +21,7 @@ class CardRow:
     yanked: bool
     base_model: str
     created_at: str
+    kind: str = "input"  # where the virtual tokens live: "input" (input embeddings) or "deep" (every layer's keys/values)
 
 
 def render_card(repo: str, rows: list[CardRow], base_models: list[str]) -> str:
@@ -35,7 +36,8 @@ def render_card(repo: str, rows: list[CardRow], base_models: list[str]) -> str:
     lines = [
         f"# {repo}",
         "",
-        "Soft-prompt adapters (PEFT format), one folder per task and version, managed with "
+        "Soft-prompt adapters (PEFT format; `deep` ones hold keys/values for every layer), one folder per task and "
+        "version, managed with "
         "[peft-ext](https://pypi.org/project/peft-ext/) `hub`. Each version is immutable "
         "(on the Hub tagged `<task>/v<version>`), "
         "and carries `peft_ext_manifest.json` with file hashes and the exact base model it was trained on.",
@@ -45,12 +47,13 @@ def render_card(repo: str, rows: list[CardRow], base_models: list[str]) -> str:
         f'path = pull("{repo}", "<task>", "^1.0", base_model=model)  # refuses a different base model',
         "```",
         "",
-        "| task | version | base model | created | status |",
-        "|---|---|---|---|---|",
+        "| task | version | kind | base model | created | status |",
+        "|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r.task, _key(r.version)), reverse=False):
         status = "yanked" if row.yanked else "available"
-        lines.append(f"| {row.task} | {row.version} | {_cell(row.base_model)} | {row.created_at} | {status} |")
+        cells = [row.task, row.version, row.kind, _cell(row.base_model), row.created_at, status]
+        lines.append("| " + " | ".join(cells) + " |")
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     return str(card)
 

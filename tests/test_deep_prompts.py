@@ -293,6 +293,8 @@ def test_hub_shares_deep_prompts_with_their_layout_checked(tmp_path):
         assert (manifest.adapter["num_layers"], manifest.adapter["num_key_value_heads"]) == (2, 2)
         folder = hub.pull("org/prompts", "coach", version, store=store, base_model=model)
         assert read_adapter_folder(folder, deep=True).kind is PromptKind.DEEP
+    card = (store.root / "org" / "prompts" / "README.md").read_text()
+    assert "| coach | 1.0.0 | deep |" in card and "| coach | 1.0.1 | deep |" in card
     result = hub.diff(prefix, hub.pull("org/prompts", "coach", "1.0.0", store=store), model=model)
     assert result.mean_cosine == pytest.approx(1.0)
     with pytest.raises(hub.errors.BaseModelMismatchError):

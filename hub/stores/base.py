@@ -97,7 +97,8 @@ def check_same_files(repo: str, task: str, stored: Manifest, new: Manifest) -> N
 
 def card_row(manifest: Manifest, yanked: bool) -> CardRow:
     base = manifest.base_model.label if manifest.base_model is not None else "unknown"
-    return CardRow(manifest.task, str(manifest.version), yanked, base, manifest.created_at)
+    kind = str(manifest.adapter.get("kind") or "input")  # manifests pushed before deep prompts are input-level
+    return CardRow(manifest.task, str(manifest.version), yanked, base, manifest.created_at, kind)
 
 
 def hub_base_ids(manifests: list[Manifest]) -> list[str]:

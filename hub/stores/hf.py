@@ -523,6 +523,7 @@ class HfStore(Store):
                 (str(r.get("task")), str(r.get("version"))) in yanked,
                 str(r.get("base_label") or "unknown"),
                 str(r.get("created_at") or ""),
+                str(r.get("kind") or "input"),
             )
             for r in index
         ]
@@ -547,6 +548,7 @@ def _index_row(manifest: Manifest) -> dict[str, Any]:
         "base_label": row.base_model,
         "base_model_id": ids[0] if ids else None,
         "created_at": row.created_at,
+        "kind": row.kind,
     }
 
 

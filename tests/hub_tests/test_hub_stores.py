@@ -153,7 +153,7 @@ def test_card_describes_the_repo(store: Store, adapter: MakeAdapter, tiny_llama,
     card = read_card(store, tmp_path)
     assert "library_name: peft" in card and "base_model: org/tiny-base" in card
     assert "base_model_relation: adapter" in card and "task:coach" in card
-    assert "| coach | 1.0.0 | org/tiny-base |" in card and "| yanked |" in card
+    assert "| coach | 1.0.0 | input | org/tiny-base |" in card and "| yanked |" in card
     assert TOKEN not in card
 
 
