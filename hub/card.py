@@ -21,7 +21,7 @@ class CardRow:
     yanked: bool
     base_model: str
     created_at: str
-    kind: str = "input"  # where the virtual tokens live: "input" (input embeddings) or "deep" (every layer's keys/values)
+    kind: str = "input"  # where the virtual tokens live: "input" (input embeddings) or "deep" (keys/values)
 
 
 def render_card(repo: str, rows: list[CardRow], base_models: list[str]) -> str:
