@@ -337,3 +337,21 @@ def test_gradient_checkpointing_is_refused_by_name_as_peft_refuses_prefix_tuning
         model.train()(input_ids=ids, labels=ids)
     loaded = PeftModel.from_pretrained(base, tmp_path).eval()  # inference needs no cache-free training
     assert loaded(input_ids=ids).logits.shape == (1, 3, 64)
+
+
+def test_a_mixed_batch_s_loss_is_the_loss_of_its_rows_alone(three_kinds):
+    """With labels, each row is scored on the tokens it is scored on alone: a bare or deep row's first token has no
+    position before it (in a batch, that position would be masked filler), an input-level row's first token is
+    predicted by its prompt's last position."""
+    model, _, _ = three_kinds
+    ids, mask = _batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    sums, counts = 0.0, 0
+    with torch.no_grad():
+        for row, name in enumerate(NAMES):
+            alone = ids[row][mask[row].bool()][None]
+            scored = alone.shape[1] - (0 if name == "shallow" else 1)
+            sums += float(model(input_ids=alone, labels=alone, adapter_names=[name]).loss) * scored
+            counts += scored
+        batch = model(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=NAMES).loss
+    assert float(batch) == pytest.approx(sums / counts, abs=1e-5)

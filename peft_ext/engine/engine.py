@@ -181,8 +181,8 @@ class PromptEngine:
         Logits cover the input-level prompt block too, as PEFT's do: the text's logits start at the longest input-level
         prompt's length. Deep prompts enter as a block of keys/values before it (made afresh, differentiable); as in
         PEFT's prefix tuning, nothing predicts a deep row's first text token (its prompt has no logits), so that
-        label is not scored. On an encoder-decoder model the prompts go before the encoder's input and ``labels``
-        stay the decoder's.
+        label is not scored, nor a bare row's (as when it runs alone). On an encoder-decoder model the prompts go
+        before the encoder's input and ``labels`` stay the decoder's.
         """
         model = self.model
         if inputs_embeds is None:
@@ -205,8 +205,10 @@ class PromptEngine:
         embeds, mask, labels = batch.inputs_embeds, batch.attention_mask, batch.labels
         if cache is not None:
             kwargs[cache_argument(model)] = cache
-            if labels is not None:
-                labels = _unscored_first_tokens(labels, mask, [p is not None for p in deep])
+        if labels is not None:
+            # A row without an input-level prompt (bare, or deep) has no position before its first text token when it
+            # runs alone; in a batch that position would be filler or padding, so that token is not scored.
+            labels = _unscored_first_tokens(labels, mask, [p is None for p in shallow])
         # Every row's masked slots move in front of its prompt (so the one-step label shift meets the text); the
         # logits are put back in the caller's layout.
         order = holes_first(mask)
