@@ -388,6 +388,26 @@ def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> No
         raise NonFiniteTensorError(f"{what} contains NaN or Inf values.")
 
 
+def check_kv_layout(found: tuple[int, int, int], model_layers: Sequence[tuple[int, int]], what: str) -> None:
+    """Refuse a deep prompt's (layers, key/value heads, head size) unless it is the model's, whose layers keep
+    ``(key/value heads, head size)`` keys/values (``model_layers``, one per layer, all of one shape)."""
+    shapes = set(model_layers)
+    if len(shapes) != 1:
+        raise KVShapeMismatchError(
+            f"{what} cannot fit this base model: its layers keep keys/values of different shapes ({sorted(shapes)} "
+            "as (heads, head size)); deep prompts work on models whose layers all share one shape."
+        )
+    ((heads, head_dim),) = shapes
+    expected = (len(model_layers), heads, head_dim)
+    if tuple(found) != expected:
+        raise KVShapeMismatchError(
+            f"{what} has {found[0]} layers of {found[1]} key/value heads x head size {found[2]}, but the base model "
+            f"has {expected[0]} layers of {expected[1]} key/value heads x head size {expected[2]}: it was made for "
+            "another model. Load the base model it was trained on (its adapter_config.json names it in "
+            "base_model_name_or_path)."
+        )
+
+
 def check_deep_prompt(prompt: DeepPrompt, model_layers: Sequence[tuple[int, int]], what: str) -> None:
     """Refuse a deep prompt that does not fit a model whose layers keep ``(key/value heads, head size)`` keys/values
     (``model_layers``, one per layer): its layer count, heads and head size must be the model's."""
@@ -402,22 +422,7 @@ def check_deep_prompt(prompt: DeepPrompt, model_layers: Sequence[tuple[int, int]
             f"{what} is {values.shape[1]} wide, which does not split into {prompt.num_layers} layers x 2 (keys, "
             f"values) x {prompt.num_heads} heads."
         )
-    found = (prompt.num_layers, prompt.num_heads, prompt.head_dim)
-    shapes = set(model_layers)
-    if len(shapes) != 1:
-        raise KVShapeMismatchError(
-            f"{what} cannot fit this base model: its layers keep keys/values of different shapes ({sorted(shapes)} "
-            "as (heads, head size)); deep prompts are served on models whose layers all share one shape."
-        )
-    ((heads, head_dim),) = shapes
-    expected = (len(model_layers), heads, head_dim)
-    if found != expected:
-        raise KVShapeMismatchError(
-            f"{what} has {found[0]} layers of {found[1]} key/value heads x head size {found[2]}, but the base model "
-            f"has {expected[0]} layers of {expected[1]} key/value heads x head size {expected[2]}: it was made for "
-            "another model. Load the base model it was trained on (its adapter_config.json names it in "
-            "base_model_name_or_path)."
-        )
+    check_kv_layout((prompt.num_layers, prompt.num_heads, prompt.head_dim), model_layers, what)
     if not values.is_floating_point():
         raise TensorDtypeError(f"{what} has dtype {values.dtype}; a deep prompt is a floating-point tensor.")
     if not torch.isfinite(values).all():

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..adapter_files import DeepPrompt
+from ..adapter_files import DeepPrompt, check_kv_layout
 from ..engine import PromptEngine
 from ..engine.kv_cache import compute_prompt_kv
-from ..errors import GradientCheckpointingError, KVShapeMismatchError
+from ..errors import GradientCheckpointingError
 from ..integration import activation_checkpointing
 
 if TYPE_CHECKING:
@@ -58,23 +58,10 @@ def refuse_checkpointing(model: Any) -> None:
 
 def fill_deep_layout(config: SoftPromptConfig, model: Any) -> None:
     """Record the model's key/value layout in a deep config (layers, key/value heads, head size), or refuse a
-    saved one that differs with :class:`KVShapeMismatchError`."""
-    shapes = set(PromptEngine.of(model).kv_shapes())
-    layers = len(PromptEngine.of(model).kv_shapes())
-    name = type(model).__name__
-    if len(shapes) != 1:
-        raise KVShapeMismatchError(
-            f"{name}'s layers keep keys/values of different shapes ({sorted(shapes)} as (heads, head size)); deep "
-            "prompts work on models whose layers all share one shape. Use placement='input'."
-        )
-    ((heads, head_dim),) = shapes
-    found = (layers, heads, head_dim)
+    saved one that differs with :class:`~peft_ext.errors.KVShapeMismatchError`."""
+    shapes = PromptEngine.of(model).kv_shapes()
     if config.inference_mode or config.num_key_value_heads is not None:
         saved = (config.num_layers, config.num_key_value_heads, config.head_dim)
-        if saved != found:
-            raise KVShapeMismatchError(
-                f"The deep prompt has {saved[0]} layers of {saved[1]} key/value heads x head size {saved[2]}, but "
-                f"{name} has {layers} layers of {heads} x {head_dim}: it was made for another base model (its "
-                "adapter_config.json names it in base_model_name_or_path)."
-            )
-    config.num_layers, config.num_key_value_heads, config.head_dim = found
+        check_kv_layout(saved, shapes, "The deep prompt")  # type: ignore[arg-type]
+    check_kv_layout((len(shapes), *shapes[0]), shapes, f"A deep prompt on {type(model).__name__}")
+    config.num_layers, config.num_key_value_heads, config.head_dim = len(shapes), *shapes[0]
