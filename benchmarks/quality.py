@@ -114,6 +114,13 @@ def _prefix(task: Task, tokenizer: Any) -> Any:
     return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, prefix_projection=False)
 
 
+def _prefix_projection(task: Task, tokenizer: Any) -> Any:
+    """PEFT's reparameterization of prefix tuning (Li & Liang 2021): an MLP makes every layer's keys/values."""
+    return PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=TOKENS, prefix_projection=True, encoder_hidden_size=576
+    )
+
+
 def _lora(task: Task, tokenizer: Any) -> Any:
     return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
 
@@ -140,6 +147,7 @@ CONTENDERS: dict[str, Contender] = {
     "PEFT prompt tuning: text": Contender("peft", _peft_text),
     "PEFT P-tuning: MLP": Contender("peft", _p_tuning),
     "PEFT prefix tuning": Contender("peft", _prefix),
+    "PEFT prefix tuning: projection": Contender("peft", _prefix_projection),
     "PEFT LoRA r=8 (all linear)": Contender("lora", _lora, lr=3e-3),
     "frequent (data tokens)": Contender("peft_ext", _ours(init="frequent", with_data=True), matches=VOCAB),
     "labels (frequent fill)": Contender(

@@ -9,6 +9,7 @@ import sys
 from tiny_models import make_model
 
 from peft_ext.cli import main
+from peft_ext.cli.train import DEFAULT_LR
 
 
 def _tiny_model_folder(tmp_path, tokenizer):
@@ -52,6 +53,7 @@ def test_train_writes_adapter_plot_summary_and_pushes(tmp_path, tiny_tokenizer, 
     assert code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 and len(summary["losses"]) == 3 and summary["pushed"] == "me/prompts:quotes@1.0.0"
+    assert summary["placement"] == "input"  # an encoder makes an input-level prompt: the default follows
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
     assert (store / "me" / "prompts" / "quotes" / "1.0.0" / "peft_ext_manifest.json").exists()
@@ -67,6 +69,24 @@ def test_train_with_nothing_set_starts_from_the_data_s_frequent_tokens(tmp_path,
     words = tiny_tokenizer("be kind always dream a great", add_special_tokens=False)["input_ids"]
     assert config["init"] == "frequent" and config["num_virtual_tokens"] == 16
     assert set(config["init_token_ids"]) == set(words)  # 6 distinct words, cycled to 16 tokens
+    # the best measured recipe (benchmarks/quality.py): a deep prompt at its own learning rate
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert config["placement"] == "deep" and summary["placement"] == "deep"
+    assert summary["learning_rate"] == DEFAULT_LR["deep"] != DEFAULT_LR["input"]
+
+
+def test_training_on_from_an_adapter_keeps_its_kind(tmp_path, tiny_tokenizer):
+    """--init adapter continues an input-level prompt as an input-level prompt, unless --placement says otherwise."""
+    model = _tiny_model_folder(tmp_path, tiny_tokenizer)
+    data = tmp_path / "a.txt"
+    data.write_text("be kind always\ndream a great dream\n" * 4)
+    common = ["train", str(data), "--model", str(model), "--steps", "1"]
+    assert main([*common, "--placement", "input", "--output", str(tmp_path / "first")]) == 0
+    adapter = ["--init", "adapter", "--init-adapter", str(tmp_path / "first" / "adapter")]
+    for placement, extra in (("input", []), ("deep", ["--placement", "deep"])):
+        assert main([*common, *adapter, *extra, "--output", str(tmp_path / placement)]) == 0
+        config = json.loads((tmp_path / placement / "adapter" / "adapter_config.json").read_text())
+        assert config["placement"] == placement and config["num_virtual_tokens"] == 16
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

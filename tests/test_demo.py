@@ -16,6 +16,7 @@ from tiny_models import make_model
 
 from hub import LocalStore, versions
 from peft_ext.cli import main
+from peft_ext.cli.train import DEFAULT_LR
 
 TASKS = ("prompts", "quotes")
 ADAPTERS = ("base model", *TASKS)
@@ -38,6 +39,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _finite_positive(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def _init_keys_values(base, embeddings):
+    """The keys/values the frozen base computes for ``embeddings``, in PEFT's prefix layout (per token: each layer's
+    keys then values)."""
+    with torch.no_grad():
+        cache = base(inputs_embeds=embeddings[None], use_cache=True).past_key_values
+    per_layer = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # [2, heads, n, head_dim]
+    return torch.stack(per_layer).permute(3, 0, 1, 2, 4).reshape(embeddings.shape[0], -1)
 
 
 def test_demo_runs_every_stage_and_writes_its_artefacts(tmp_path, tiny_tokenizer, capsys):
@@ -83,20 +93,26 @@ def test_demo_runs_every_stage_and_writes_its_artefacts(tmp_path, tiny_tokenizer
         assert all(isinstance(text, str) for a in ADAPTERS for text in answers[when][a].values())
     assert answers["after"]["base model"] == answers["before"]["base model"]
 
-    # Each trained adapter: saved with the text init (tokenised here independently) and moved away from it by training;
-    # pushed as 1.0.0 to <output>/store and pulled back by ^1.0 with the very tensors that were saved.
+    # Each trained adapter: a deep prompt (the default recipe's placement) saved with the text init (tokenised here
+    # independently) and moved away from it by training - its start being the keys/values the frozen model computes
+    # for the init text's embeddings; pushed as 1.0.0 to <output>/store and pulled back by ^1.0 with the very tensors
+    # that were saved.
     embeddings = base.get_input_embeddings().weight.detach()
+    layers, heads = base.config.num_hidden_layers, base.config.num_key_value_heads
+    head_dim = base.config.hidden_size // base.config.num_attention_heads
     store = LocalStore(output / "store")
     assert summary["store"]["root"] == str(store.root)
     for task in TASKS:
         saved = output / "adapters" / task
         config = json.loads((saved / "adapter_config.json").read_text())
         ids = tiny_tokenizer(INIT_TEXTS[task], add_special_tokens=False)["input_ids"]
-        assert config["peft_type"] == "SOFT_PROMPT" and config["init"] == "text"
+        assert config["peft_type"] == "SOFT_PROMPT" and config["init"] == "text" and config["placement"] == "deep"
         assert config["init_token_ids"] == ids and config["num_virtual_tokens"] == len(ids)
         prompt = load_file(saved / "adapter_model.safetensors")["prompt_embeddings"]
-        assert prompt.shape == (len(ids), 32) and torch.isfinite(prompt).all()
-        assert not torch.allclose(prompt, embeddings[ids]), f"training did not move the {task} prompt"
+        assert prompt.shape == (len(ids), layers * 2 * heads * head_dim) and torch.isfinite(prompt).all()
+        start = _init_keys_values(base, embeddings[ids])
+        moved = (prompt - start).abs().max().item()  # Adam moves a value by about the learning rate per step
+        assert 0 < moved <= 3 * 2 * DEFAULT_LR["deep"], f"{task}: moved {moved} in 2 steps from its text init"
 
         pulled = summary["store"]["pulled"][task]
         assert pulled == str(store.root / "demo" / "seed-prompts" / task / "1.0.0")

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train_soft_prompts
     from .data import packaged_prompts, packaged_quotes
     from .plots import plot_before_after, plot_losses
+    from .train import DEFAULT_LR, DEFAULT_PLACEMENT
 
     started = time.perf_counter()
     output = args.output or os.path.join("peft-ext-output", time.strftime("demo-%Y%m%d-%H%M%S"))
@@ -132,10 +133,16 @@ def run(args: argparse.Namespace) -> int:
     train = {task: t[HELD_OUT : HELD_OUT + args.train_texts] for task, t in texts.items()}
     print(f"data: {', '.join(f'{len(t)} {task}' for task, t in train.items())} training texts (from PyPI wheels)")
 
-    # Fixed-text init, as the seed article suggests instead of random vectors; one adapter per task on one base.
+    # Fixed-text init, as the seed article suggests instead of random vectors, placed as `peft-ext train` places a
+    # prompt by default (the best measured); one adapter per task on one base.
     configs = {
         task: SoftPromptConfig(
-            task_type="CAUSAL_LM", init="text", init_text=text, tokenizer=tokenizer, text_length_policy="exact"
+            task_type="CAUSAL_LM",
+            init="text",
+            init_text=text,
+            tokenizer=tokenizer,
+            text_length_policy="exact",
+            placement=DEFAULT_PLACEMENT,
         )
         for task, text in INIT_TEXTS.items()
     }
@@ -158,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(output, "trainer"),
             max_steps=args.steps,
             batch_size=8,
-            learning_rate=0.02,
+            learning_rate=DEFAULT_LR[DEFAULT_PLACEMENT],
             max_length=48,
         ),
     )

@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import InvalidConfigError
 
 # The recipe a user who sets nothing gets: the best measured by benchmarks/quality.py (README, "Training").
-DEFAULT_INIT, DEFAULT_TOKENS = "frequent", 16
+DEFAULT_INIT, DEFAULT_PLACEMENT, DEFAULT_TOKENS = "frequent", "deep", 16
+DEFAULT_LR = {"input": 3e-2, "deep": 1e-2}  # per placement: a deep prompt's values are the layers' keys/values
 
 
 def register(commands: Any) -> None:
@@ -55,9 +56,10 @@ def register(commands: Any) -> None:
     )
     model.add_argument(
         "--placement",
-        default="input",
-        help="input (vectors before the input embeddings) | deep (keys/values in every layer, started from the init's "
-        "keys/values; direct reparameterization only) (default input).",
+        help="deep (keys/values in every layer, started from the init's keys/values; direct reparameterization "
+        "only) | input (vectors before the input embeddings: what vLLM and export_prompt_tuning take) "
+        f"(default {DEFAULT_PLACEMENT}; input with an encoder --reparameterization; with --init adapter, the "
+        "adapter's own).",
     )
     model.add_argument("--init-text", help="Text for --init text.")
     model.add_argument("--text-length-policy", help="repeat | truncate | pad | exact, when the text's length differs.")
@@ -70,7 +72,13 @@ def register(commands: Any) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=float, default=1.0, help="Epochs (default 1; --steps overrides).")
     training.add_argument("--steps", type=int, default=-1, help="Training steps (default: from --epochs).")
-    training.add_argument("--lr", type=float, default=3e-2, help="Learning rate (default 0.03).")
+    training.add_argument(
+        "--lr",
+        type=float,
+        help="Learning rate (default "
+        + ", ".join(f"{lr:g} for --placement {placement}" for placement, lr in DEFAULT_LR.items())
+        + ").",
+    )
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--save-steps", type=int, help="Write a resumable checkpoint every N steps.")
     training.add_argument("--resume", action="store_true", help="Resume from the last checkpoint in --output.")
@@ -93,7 +101,7 @@ def _config(args: argparse.Namespace, tokenizer: Any, texts: list[Any], choices:
     return SoftPromptConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=tokens,
-        placement=args.placement,
+        placement=_placement(args),
         init=args.init,
         init_text=args.init_text,
         text_length_policy=args.text_length_policy,
@@ -106,6 +114,20 @@ def _config(args: argparse.Namespace, tokenizer: Any, texts: list[Any], choices:
         reparameterization=args.reparameterization,
         encoder_hidden_size=args.encoder_hidden_size,
     )
+
+
+def _placement(args: argparse.Namespace) -> str:
+    """``--placement``, or the default recipe's: a prompt trained on from a saved adapter keeps that adapter's kind,
+    and one trained through an encoder (mlp, lstm, residual) is an input-level prompt, the only kind encoders make."""
+    if args.placement:
+        return str(args.placement)
+    if args.reparameterization != "direct":
+        return "input"
+    if args.init == "adapter" and args.init_adapter:
+        from ..adapter_files import read_adapter_folder
+
+        return read_adapter_folder(args.init_adapter, deep=True).kind.value
+    return DEFAULT_PLACEMENT
 
 
 def _label_words(args: argparse.Namespace, choices: list[str] | None) -> list[str] | None:
@@ -169,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     base, tokenizer, info = load_base_model(args.model)
     model = get_peft_model(base, _config(args, tokenizer, texts, choices))
     model.print_trainable_parameters()
+    learning_rate = args.lr if args.lr is not None else DEFAULT_LR[model.peft_config["default"].placement]
     before = _evaluate(model, tokenizer, held_out, choices, args.max_length) if held_out else None
     start = time.perf_counter()
     result = train_soft_prompts(
@@ -179,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.steps,
         num_train_epochs=args.epochs,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=learning_rate,
         max_length=args.max_length,
         save_steps=args.save_steps,
         resume_from_checkpoint=True if args.resume else None,
@@ -190,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "data": args.data,
         "texts": len(texts),
+        "placement": str(model.peft_config["default"].placement),
+        "learning_rate": learning_rate,
         "steps": result.steps,
         "losses": result.losses,
         "seconds": time.perf_counter() - start,
