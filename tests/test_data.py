@@ -47,6 +47,8 @@ def test_packaged_data():
     assert len(prompts) > 100 and all(p.startswith("I want you to act as") for p in prompts)
     quotes = packaged_quotes(400)
     assert len(quotes) == 400 and " - " in quotes[0]
+    # distinct: the demo holds some out, and a held-out quote must not also be a training one
+    assert len(set(quotes)) == len(quotes)
 
 
 def test_datasets_folder_and_missing_dataset(tmp_path, monkeypatch):

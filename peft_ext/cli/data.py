@@ -164,11 +164,12 @@ def packaged_prompts(limit: int | None = None) -> list[str]:
 
 
 def packaged_quotes(limit: int | None = None) -> list[str]:
-    """Motivational quotes from the ``inspiring-quotes`` wheel, then ``MightyMaxims``' SQLite file if installed."""
+    """Distinct motivational quotes from the ``inspiring-quotes`` wheel (which repeats each of its few quotes), then
+    from ``MightyMaxims``' SQLite file if installed."""
     items: list[dict[str, Any]] = json.loads(files("inspiring_quotes").joinpath("quotes_list.json").read_text("utf-8"))
-    quotes = [f"{item['quote']} - {item['author']}" for item in items]
+    quotes = list(dict.fromkeys(f"{item['quote']} - {item['author']}" for item in items))  # in order, once each
     if limit is None or len(quotes) < limit:
-        quotes += _mighty_maxims()
+        quotes = list(dict.fromkeys([*quotes, *_mighty_maxims()]))
     return quotes[:limit]
 
 
