@@ -309,7 +309,7 @@ def summarise(runs: list[dict[str, Any]], tasks: list[Task]) -> dict[str, Any]:
 def _best(rows: dict[str, Any], family: str, metric: str, full: bool = False) -> tuple[str, float] | None:
     """The family's best contender by its mean; ``full``: among those run over as many seeds as any contender (ours
     are chosen that way, so that a lucky single seed cannot stand for them; PEFT's best is any of them)."""
-    most = max(r["seeds"] for r in rows.values())
+    most = max((r["seeds"] for r in rows.values()), default=0)
     mine = {n: r["final_mean"] for n, r in rows.items() if r["family"] == family and (not full or r["seeds"] == most)}
     if not mine:
         return None

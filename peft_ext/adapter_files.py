@@ -388,17 +388,23 @@ def check_prompt_tensor(prompt: torch.Tensor, hidden_size: int, what: str) -> No
         raise NonFiniteTensorError(f"{what} contains NaN or Inf values.")
 
 
-def check_kv_layout(found: tuple[int, int, int], model_layers: Sequence[tuple[int, int]], what: str) -> None:
-    """Refuse a deep prompt's (layers, key/value heads, head size) unless it is the model's, whose layers keep
-    ``(key/value heads, head size)`` keys/values (``model_layers``, one per layer, all of one shape)."""
+def kv_layout(model_layers: Sequence[tuple[int, int]], what: str) -> tuple[int, int, int]:
+    """A model's deep-prompt layout (layers, key/value heads, head size) from its layers' ``(key/value heads, head
+    size)`` (``model_layers``, one per layer); refused unless every layer has the same shape."""
     shapes = set(model_layers)
     if len(shapes) != 1:
         raise KVShapeMismatchError(
             f"{what} cannot fit this base model: its layers keep keys/values of different shapes ({sorted(shapes)} "
-            "as (heads, head size)); deep prompts work on models whose layers all share one shape."
+            "as (heads, head size)); deep prompts work on models whose layers all share one shape. Use an "
+            "input-level prompt (placement='input') on this model."
         )
     ((heads, head_dim),) = shapes
-    expected = (len(model_layers), heads, head_dim)
+    return len(model_layers), heads, head_dim
+
+
+def check_kv_layout(found: tuple[int, int, int], model_layers: Sequence[tuple[int, int]], what: str) -> None:
+    """Refuse a deep prompt's (layers, key/value heads, head size) unless it is the model's (:func:`kv_layout`)."""
+    expected = kv_layout(model_layers, what)
     if tuple(found) != expected:
         raise KVShapeMismatchError(
             f"{what} has {found[0]} layers of {found[1]} key/value heads x head size {found[2]}, but the base model "

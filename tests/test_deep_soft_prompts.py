@@ -18,7 +18,7 @@ from tiny_models import make_model
 
 import peft_ext
 from peft_ext import MultiPromptModel, SoftPromptConfig
-from peft_ext.adapter_files import DeepPrompt, PromptKind, read_adapter_folder
+from peft_ext.adapter_files import DeepPrompt, PromptKind, check_kv_layout, kv_layout, read_adapter_folder
 from peft_ext.errors import (
     DeepPromptNotSupportedError,
     InvalidConfigError,
@@ -355,3 +355,12 @@ def test_a_mixed_batch_s_loss_is_the_loss_of_its_rows_alone(three_kinds):
             counts += scored
         batch = model(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=NAMES).loss
     assert float(batch) == pytest.approx(sums / counts, abs=1e-5)
+
+
+def test_a_model_whose_layers_differ_in_key_value_shape_takes_no_deep_prompt():
+    """The layout is one (heads, head size) for every layer; a model mixing shapes is refused with what to do."""
+    assert kv_layout([(2, 8)] * 3, "x") == (3, 2, 8)
+    with pytest.raises(KVShapeMismatchError, match="placement='input'"):
+        kv_layout([(2, 8), (2, 8), (1, 8)], "A deep prompt")
+    with pytest.raises(KVShapeMismatchError, match="has 2 layers of 2 key/value heads"):
+        check_kv_layout((2, 2, 8), [(2, 8)] * 3, "The deep prompt")

@@ -300,6 +300,8 @@ class PromptEngine:
 
 def _unscored_first_tokens(labels: torch.Tensor, mask: torch.Tensor, rows: Sequence[bool]) -> torch.Tensor:
     """``labels`` with the first attended token of each chosen row set to -100 (not scored)."""
+    if not any(rows):  # every row has an input-level prompt: labels as given, no copy on the training step
+        return labels
     first = mask.long().argmax(dim=1)
     chosen = torch.tensor(list(rows), device=labels.device)
     labels = labels.clone()

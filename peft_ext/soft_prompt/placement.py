@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..adapter_files import DeepPrompt, check_kv_layout
+from ..adapter_files import DeepPrompt, check_kv_layout, kv_layout
 from ..engine import PromptEngine
 from ..engine.kv_cache import compute_prompt_kv
 from ..errors import GradientCheckpointingError
@@ -60,8 +60,8 @@ def fill_deep_layout(config: SoftPromptConfig, model: Any) -> None:
     """Record the model's key/value layout in a deep config (layers, key/value heads, head size), or refuse a
     saved one that differs with :class:`~peft_ext.errors.KVShapeMismatchError`."""
     shapes = PromptEngine.of(model).kv_shapes()
+    layout = kv_layout(shapes, f"A deep prompt on {type(model).__name__}")
     if config.inference_mode or config.num_key_value_heads is not None:
         saved = (config.num_layers, config.num_key_value_heads, config.head_dim)
         check_kv_layout(saved, shapes, "The deep prompt")  # type: ignore[arg-type]
-    check_kv_layout((len(shapes), *shapes[0]), shapes, f"A deep prompt on {type(model).__name__}")
-    config.num_layers, config.num_key_value_heads, config.head_dim = len(shapes), *shapes[0]
+    config.num_layers, config.num_key_value_heads, config.head_dim = layout
