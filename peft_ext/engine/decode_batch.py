@@ -41,18 +41,30 @@ class DecodeBatch:
         return int(self._mask.shape[1])
 
     @torch.no_grad()
-    def join(self, row_id: Hashable, prompt: Prompt | None, input_ids: Sequence[int]) -> torch.Tensor:
-        """Prefill a row (``prompt`` before ``input_ids``) and add it; return its next-token logits ``[vocab]``."""
+    def join(
+        self, row_id: Hashable, prompt: Prompt | None, input_ids: Sequence[int], every_position: bool = False
+    ) -> torch.Tensor:
+        """Prefill a row (``prompt`` before ``input_ids``) and add it; return its next-token logits ``[vocab]``, or
+        with ``every_position`` the logits after each input token ``[len(input_ids), vocab]`` (the last one predicts
+        the next token)."""
         if row_id in self.ids:
             raise InvalidRequestError(f"Row {row_id!r} is already running.")
+        output = self._prefill(prompt, input_ids, use_cache=True)
+        self._merge(row_id, [(layer.keys, layer.values) for layer in output_cache(output).layers])
+        return output.logits[0] if every_position else output.logits[0, -1]
+
+    @torch.no_grad()
+    def score(self, prompt: Prompt | None, input_ids: Sequence[int]) -> torch.Tensor:
+        """The logits after each input token ``[len(input_ids), vocab]`` of a row run alone that does not join (it has
+        nothing to generate): what :meth:`join` with ``every_position`` gives, without keeping its keys/values."""
+        return self._prefill(prompt, input_ids, use_cache=False).logits[0]
+
+    def _prefill(self, prompt: Prompt | None, input_ids: Sequence[int], use_cache: bool) -> Any:
         if not input_ids:
             raise InvalidRequestError("A row needs at least one input token.")
         device = self.engine.model.get_input_embeddings().weight.device
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
-        output = self.engine.cached_forward([prompt], ids, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in output_cache(output).layers]
-        self._merge(row_id, layers)
-        return output.logits[0, -1]
+        return self.engine.cached_forward([prompt], ids, use_cache=use_cache)
 
     @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP layer over :class:`~peft_ext.serving.openai_serving.OpenAIServing` (FastAPI).
 
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (whole answers, or server-sent events ending with
-``data: [DONE]`` for ``stream: true``), ``GET /v1/models``, ``GET``/``HEAD /health`` and ``GET /metrics``. Each route
+``data: [DONE]`` for ``stream: true``), ``GET /v1/models``, vLLM's ``POST /tokenize``, ``POST /detokenize`` and
+``GET /tokenizer_info`` (what lm-evaluation-harness's remote tokenizer asks), ``GET``/``HEAD /health`` and
+``GET /metrics``. Each route
 is a few lines over the serving object; this module only validates bodies (:mod:`.openai_schema`), writes replies
 out, watches for clients that hang up, and shapes errors as OpenAI does (:mod:`.http_errors`). With an API key every
 route but ``/health`` needs it; the interactive docs (``/docs``, ``/openapi.json``) are off unless asked for.
@@ -90,6 +92,18 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: schema.ChatCompletionRequest, request: Request) -> Response:
         return await _respond(request, await serving.chat(body))
+
+    @app.post("/tokenize")
+    async def tokenize(body: schema.TokenizeRequest) -> dict[str, Any]:
+        return (await serving.tokenize(body)).model_dump(mode="json")
+
+    @app.post("/detokenize")
+    async def detokenize(body: schema.DetokenizeRequest) -> dict[str, Any]:
+        return (await serving.detokenize(body)).model_dump(mode="json")
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return serving.tokenizer_info()
 
     app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes)
     return app

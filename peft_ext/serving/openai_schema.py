@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
-from ..errors import UnsupportedParameterError
+from ..errors import InvalidRequestError, UnsupportedParameterError
 from .sampling import SEED_MAX, SEED_MIN, SamplingParams
 
 MAX_N = 128
@@ -69,6 +78,10 @@ class _Sampling(_Request):
         """How many alternatives to report per token; None: no logprobs."""
         raise NotImplementedError
 
+    def echoes_prompt(self) -> bool:
+        """Whether the prompt's own tokens are scored and sent back before the generated ones (completions' echo)."""
+        return False
+
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         """What this request asks of decoding (OpenAI's defaults: temperature 1, top_p 1)."""
         return SamplingParams(
@@ -77,6 +90,7 @@ class _Sampling(_Request):
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
             logprobs=self.top_logprobs_count(),
+            prompt_logprobs=self.echoes_prompt(),
         )
 
     def refuse_unsupported(self) -> None:
@@ -96,11 +110,18 @@ class CompletionRequest(_Sampling):
         | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)],
         _one_of("a string, a list of strings, a list of token ids, or a list of lists of token ids (none empty)"),
     ]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    echo: bool = False  # before max_tokens: its check reads it
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16  # 0: score the echoed prompt only
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _zero_only_with_echo(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value == 0 and not info.data.get("echo"):
+            raise ValueError("max_tokens 0 generates nothing: it is allowed only with echo (to score the prompt)")
+        return value
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -108,10 +129,11 @@ class CompletionRequest(_Sampling):
     def top_logprobs_count(self) -> int | None:
         return self.logprobs
 
+    def echoes_prompt(self) -> bool:
+        return self.echo
+
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.echo:
-            raise UnsupportedParameterError("echo is not supported by this server; leave it false.")
         if self.suffix:
             raise UnsupportedParameterError("suffix is not supported by this server; leave it out.")
         if self.best_of is not None and self.best_of != self.n:
@@ -168,6 +190,32 @@ class ChatCompletionRequest(_Sampling):
             raise UnsupportedParameterError("top_logprobs needs logprobs: true.")
 
 
+class TokenizeRequest(_Request):
+    """vLLM's ``/tokenize``: a ``prompt`` (with the tokenizer's special tokens unless ``add_special_tokens`` is
+    false) or chat ``messages`` (through the chat template, ending with the assistant's turn unless
+    ``add_generation_prompt`` is false). ``model``, when given, must name a served model."""
+
+    model: Annotated[str, Field(min_length=1)] | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool | None = None  # default: True for a prompt; a chat template writes its own
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("Give either prompt (a text) or messages (a chat) to tokenize, not both.")
+        if self.messages is not None and self.add_special_tokens:
+            raise UnsupportedParameterError(
+                "add_special_tokens with messages is not supported: the chat template writes the special tokens."
+            )
+
+
+class DetokenizeRequest(_Request):
+    model: Annotated[str, Field(min_length=1)] | None = None
+    tokens: list[int]
+
+
 # --- responses ----------------------------------------------------------------------------------------------------
 
 
@@ -178,9 +226,11 @@ class Usage(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs; an echoed prompt's first token has ``null`` for its logprob and alternatives."""
+
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
@@ -261,6 +311,17 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ModelCard(BaseModel):

@@ -9,6 +9,7 @@ request); they differ only in how the input is read and how choices, chunks and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -83,6 +84,33 @@ class OpenAIServing:
             ]
         )
 
+    async def tokenize(self, body: schema.TokenizeRequest) -> schema.TokenizeResponse:
+        body.check()
+        if body.model is not None:
+            await self.service.resolve(body.model)
+        service = self.service
+        if body.messages is not None:
+            messages = [m.as_template_input() for m in body.messages]
+            ids = await run_in_threadpool(service.encode_chat, messages, body.add_generation_prompt)
+        else:
+            assert body.prompt is not None
+            special = True if body.add_special_tokens is None else body.add_special_tokens
+            ids = await run_in_threadpool(service.encode_text, body.prompt, special)
+        return schema.TokenizeResponse(
+            count=len(ids),
+            max_model_len=service.context_length,
+            tokens=ids,
+            token_strs=[service.token_text(i) for i in ids] if body.return_token_strs else None,
+        )
+
+    async def detokenize(self, body: schema.DetokenizeRequest) -> schema.DetokenizeResponse:
+        if body.model is not None:
+            await self.service.resolve(body.model)
+        return schema.DetokenizeResponse(prompt=await run_in_threadpool(self.service.decode, body.tokens))
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        return self.service.tokenizer_info()
+
     async def _reply(self, body: schema.CompletionRequest | schema.ChatCompletionRequest, format: _Format) -> Reply:
         body.refuse_unsupported()
         service = self.service
@@ -127,64 +155,101 @@ class _Format:
 
 
 class _CompletionFormat(_Format):
+    """Legacy completions. With ``echo`` each choice's text starts with its prompt (the text given, or the token ids
+    decoded), and its logprobs with the prompt's tokens, scored at its prefill (the first one ``null``)."""
+
     kind = "cmpl"
     body: schema.CompletionRequest
 
     def __init__(self, service: Service, body: schema.CompletionRequest) -> None:
         super().__init__(service, body)
         self.offsets: dict[int, int] = {}  # streamed: per choice, characters sent so far
+        self.echoed: list[str] = []  # with echo: per input, its text
 
     def inputs(self) -> list[list[int]]:
         """OpenAI's ``prompt``: a text, texts, token ids, or lists of token ids."""
         prompt: Any = self.body.prompt
         service = self.service
         if isinstance(prompt, str):
-            return [service.encode_text(prompt)]
-        if all(isinstance(item, str) for item in prompt):
-            return [service.encode_text(text) for text in prompt]
-        if all(isinstance(item, int) for item in prompt):
-            return [service.token_ids(prompt)]
-        return [service.token_ids(ids) for ids in prompt]
+            texts = [prompt]
+        elif all(isinstance(item, str) for item in prompt):
+            texts = list(prompt)
+        else:
+            inputs = [service.token_ids(prompt)] if all(isinstance(i, int) for i in prompt) else prompt
+            ids = [service.token_ids(item) for item in inputs]
+            if self.body.echo:
+                self.echoed = [service.decode(item) for item in ids]
+            return ids
+        if self.body.echo:
+            self.echoed = texts
+        return [service.encode_text(text) for text in texts]
+
+    def _echo(self, index: int) -> str:
+        """The text echoed before choice ``index`` (choices ``i * n ... i * n + n - 1`` answer input ``i``)."""
+        return self.echoed[index // self.body.n] if self.body.echo else ""
 
     def whole(self, meta: dict[str, Any], choices: list[Choice], usage: schema.Usage) -> BaseModel:
         return schema.CompletionResponse(
             **meta,
             choices=[
-                schema.CompletionChoice(
-                    index=c.index,
-                    text=c.text,
-                    logprobs=self._logprobs(c.tokens, c.offsets),
-                    finish_reason=c.finish_reason,
-                )
+                self._choice(c.index, True, c.text, c.prompt_tokens, c.tokens, c.offsets, c.finish_reason)
                 for c in choices
             ],
             usage=usage,
         )
 
     def chunks(self, meta: dict[str, Any], piece: Piece) -> list[BaseModel]:
+        first = piece.index not in self.offsets  # the first piece of a choice carries the echo
         offset = self.offsets.get(piece.index, 0)
         self.offsets[piece.index] = offset + len(piece.text)
-        choice = schema.CompletionChoice(
-            index=piece.index,
-            text=piece.text,
-            logprobs=self._logprobs(piece.tokens, [offset] * len(piece.tokens)),
-            finish_reason=piece.finish_reason,
+        offsets = [offset] * len(piece.tokens)
+        choice = self._choice(
+            piece.index, first, piece.text, piece.prompt_tokens, piece.tokens, offsets, piece.finish_reason
         )
         return [schema.CompletionResponse(**meta, choices=[choice])]
 
     def final(self, meta: dict[str, Any], usage: schema.Usage) -> BaseModel:
         return schema.CompletionResponse(**meta, choices=[], usage=usage)
 
-    def _logprobs(self, tokens: Sequence[Token], offsets: Sequence[int]) -> schema.CompletionLogprobs | None:
-        """The legacy completions ``logprobs`` object. A token's offset is where the text that came out with it
-        starts in the choice's text (tokens whose text was held back together share one)."""
+    def _choice(
+        self,
+        index: int,
+        with_echo: bool,
+        text: str,
+        prompt: Sequence[Token] | None,
+        tokens: Sequence[Token],
+        offsets: Sequence[int],
+        finish_reason: str | None,
+    ) -> schema.CompletionChoice:
+        """One choice (or a streamed piece of it): ``offsets`` count from the generated text's start, so the echoed
+        prompt's length is added to them."""
+        echo = self._echo(index)
+        return schema.CompletionChoice(
+            index=index,
+            text=(echo if with_echo else "") + text,
+            logprobs=self._logprobs(prompt, tokens, [len(echo) + offset for offset in offsets], len(echo)),
+            finish_reason=finish_reason,
+        )
+
+    def _logprobs(
+        self, prompt: Sequence[Token] | None, tokens: Sequence[Token], offsets: Sequence[int], echoed: int
+    ) -> schema.CompletionLogprobs | None:
+        """The legacy completions ``logprobs`` object: the echoed prompt's tokens (when asked), then the generated
+        ones. A generated token's offset is where the text that came out with it starts in the choice's text (tokens
+        whose text was held back together share one); a prompt token's is where its own text starts, counted over
+        the prompt's token texts (``echoed`` characters at most)."""
         if self.body.logprobs is None:
             return None
+        texts = [self.token_text(t.id) for t in prompt or ()]
+        starts = list(itertools.accumulate((len(text) for text in texts[:-1]), initial=0)) if texts else []
+        every = [*(prompt or ()), *tokens]
         return schema.CompletionLogprobs(
-            tokens=[self.token_text(t.id) for t in tokens],
-            token_logprobs=[t.logprob for t in tokens],
-            top_logprobs=[{self.token_text(i): lp for i, lp in t.top_logprobs} for t in tokens],
-            text_offset=list(offsets),
+            tokens=[*texts, *(self.token_text(t.id) for t in tokens)],
+            token_logprobs=[t.logprob for t in every],
+            top_logprobs=[
+                None if t.logprob is None else {self.token_text(i): lp for i, lp in t.top_logprobs} for t in every
+            ],
+            text_offset=[*(min(start, echoed) for start in starts), *offsets],
         )
 
 
@@ -236,7 +301,8 @@ class _ChatFormat(_Format):
         if not self.body.logprobs:
             return None
 
-        def entry(token_id: int, logprob: float) -> schema.TopLogprob:
+        def entry(token_id: int, logprob: float | None) -> schema.TopLogprob:
+            assert logprob is not None, "a generated token always has its logprob"
             text = self.token_text(token_id)
             return schema.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
 

@@ -6,6 +6,7 @@ Each request owns its ``torch.Generator``, so a seeded request draws the same to
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,15 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # how many top alternatives to report per token (None: no logprobs)
     stop_token_ids: frozenset[int] = frozenset()
+    prompt_logprobs: bool = False  # also score the input's own tokens (OpenAI's echo); then max_tokens may be 0
 
     def __post_init__(self) -> None:
-        if type(self.max_tokens) is not int or self.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}.")
+        least = 0 if self.prompt_logprobs else 1
+        if type(self.max_tokens) is not int or self.max_tokens < least:
+            raise InvalidRequestError(
+                f"max_tokens must be an integer of at least {least}, got {self.max_tokens!r}"
+                + ("." if self.prompt_logprobs else " (0 only when the prompt is echoed with its logprobs).")
+            )
         if not 0.0 <= self.temperature <= 2.0:
             raise InvalidRequestError(f"temperature must be between 0 and 2, got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
@@ -52,10 +58,11 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Token:
-    """One generated token, its log-probability and (when asked) the top alternatives."""
+    """One token, its log-probability and (when asked) the top alternatives. An input's first token has neither (None
+    and no alternatives): nothing before it predicts it."""
 
     id: int
-    logprob: float
+    logprob: float | None
     top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
@@ -74,8 +81,23 @@ def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
             ordered[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, ordered)
         token = int(torch.multinomial(probs, 1, generator=generator))
-    top: tuple[tuple[int, float], ...] = ()
-    if params.logprobs:
-        values, ids = logprobs.topk(params.logprobs)
-        top = tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True))
-    return Token(token, float(logprobs[token]), top)
+    return Token(token, float(logprobs[token]), _top(logprobs, params.logprobs))
+
+
+def score(logits: torch.Tensor, input_ids: Sequence[int], params: SamplingParams) -> list[Token]:
+    """An input's own tokens with their log-probabilities, from its ``[len(input_ids), vocab]`` logits (position
+    ``i`` predicts token ``i + 1``): the first token has none, as OpenAI's and vLLM's echoed prompts do."""
+    logprobs = torch.log_softmax(logits[: len(input_ids) - 1].float().cpu(), dim=-1)
+    targets = torch.tensor(list(input_ids[1:]), dtype=torch.long)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist() if len(targets) else []
+    tokens = [Token(int(input_ids[0]), None)]
+    for row, (token, logprob) in enumerate(zip(targets.tolist(), chosen, strict=True)):
+        tokens.append(Token(token, float(logprob), _top(logprobs[row], params.logprobs)))
+    return tokens
+
+
+def _top(logprobs: torch.Tensor, count: int | None) -> tuple[tuple[int, float], ...]:
+    if not count:
+        return ()
+    values, ids = logprobs.topk(count)
+    return tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True))

@@ -39,7 +39,7 @@ import torch
 from ..engine.decode_batch import DecodeBatch
 from ..engine.engine import Prompt, PromptEngine
 from ..errors import InvalidRequestError, RequestTooLargeForServerError, ServerBusyError, ServerStoppingError
-from .sampling import SamplingParams, Token, choose
+from .sampling import SamplingParams, Token, choose, score
 from .text import TextStream
 
 _END = object()
@@ -58,7 +58,8 @@ class Output:
 class Generation:
     """One request's stream of :class:`Output`, ended by its ``finish_reason`` ("stop", "length", "cancelled" or
     "error"). With ``text``, the decoding thread turns each token into text as it is made, and a ``stop`` string in
-    the text ends the generation at that token (it costs no further decoding step)."""
+    the text ends the generation at that token (it costs no further decoding step). With ``params.prompt_logprobs``,
+    :attr:`prompt_tokens` holds the input's own tokens with their log-probabilities before anything is emitted."""
 
     prompt: Prompt | None
     input_ids: list[int]
@@ -71,6 +72,7 @@ class Generation:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     tokens: list[Token] = field(default_factory=list)
+    prompt_tokens: list[Token] | None = None  # the input's own tokens, scored, when params.prompt_logprobs
     generator: torch.Generator | None = None
     _events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -265,19 +267,38 @@ class Scheduler:
             return admitted
 
     def _admit(self, generation: Generation) -> None:
-        """Prefill one request into the batch; a failure ends that request alone (the batch is left as it was)."""
+        """Prefill one request into the batch (scoring its input tokens when asked); a failure ends that request
+        alone (the batch is left as it was). A request that only scores its input (``max_tokens`` 0) ends at its
+        prefill without joining the batch."""
         if generation.cancelled:
             self._finish(generation, generation._cancel_reason)
             return
         row = next(self._ids)
+        scored_only = False
         try:
-            logits = self._batch.join(row, generation.prompt, generation.input_ids)
+            params, input_ids = generation.params, generation.input_ids
+            if params.prompt_logprobs and params.max_tokens == 0:
+                logits = self._batch.score(generation.prompt, input_ids)
+                generation.prompt_tokens, scored_only = score(logits, input_ids, params), True
+            else:
+                logits = self._batch.join(row, generation.prompt, input_ids, every_position=params.prompt_logprobs)
         except Exception as error:
             logger.exception("Prefill failed; ending that request")
             self._finish(generation, "error", error)
             return
+        if scored_only:
+            self._finish(generation, "length")
+            return
         with self._lock:
             self._running[row] = generation
+        if params.prompt_logprobs:
+            try:
+                generation.prompt_tokens = score(logits, input_ids, params)
+            except Exception as error:  # the row is in the batch and the books: it leaves at the next retirement
+                logger.exception("Scoring the input failed; ending that request")
+                generation.error, generation.finish_reason = _reason(error), "error"
+                return
+            logits = logits[-1]
         self._accept(generation, logits)
 
     def _decode(self) -> None:

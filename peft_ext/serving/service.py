@@ -42,6 +42,7 @@ class Piece:
     text: str
     tokens: list[Token]
     finish_reason: str | None = None
+    prompt_tokens: list[Token] | None = None  # on a choice's first piece: its input's tokens, scored (echo)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Choice:
     tokens: list[Token] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # per token: where the text that came out with it starts
     finish_reason: str | None = None
+    prompt_tokens: list[Token] | None = None  # the input's tokens with their logprobs, when asked (echo)
 
 
 class Service:
@@ -145,9 +147,26 @@ class Service:
             found = self.prompts.row_prompt(exact), exact  # what the lookup just loaded (never waits here)
         return _target(*found)
 
-    def encode_text(self, text: str) -> list[int]:
-        """A completion prompt's token ids, as ``MultiPromptModel`` encodes text (the tokenizer's special tokens)."""
-        return [int(i) for i in self.tokenizer(_checked_text(text, "prompt"))["input_ids"]]
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A completion prompt's token ids, as ``MultiPromptModel`` encodes text (with the tokenizer's special
+        tokens unless ``add_special_tokens`` is false)."""
+        encoded = self.tokenizer(_checked_text(text, "prompt"), add_special_tokens=add_special_tokens)
+        return [int(i) for i in encoded["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids (checked against the vocabulary) as text, special tokens included."""
+        return str(self.tokenizer.decode(self.token_ids(ids), skip_special_tokens=False))
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """What clients need to tokenize as the server does (vLLM's ``/tokenizer_info``): the tokenizer's class,
+        special tokens, chat template and the model's context length."""
+        tokenizer = self.tokenizer
+        info: dict[str, Any] = {"tokenizer_class": type(tokenizer).__name__}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            info[name] = getattr(tokenizer, name, None)
+        info["chat_template"] = getattr(tokenizer, "chat_template", None)
+        info["model_max_length"] = self.context_length
+        return info
 
     def token_ids(self, ids: Sequence[int]) -> list[int]:
         """Token ids given by a client, refused unless every one is in the model's vocabulary."""
@@ -161,8 +180,9 @@ class Service:
         """One token's own text (special tokens by name), as logprobs report it."""
         return str(self.tokenizer.decode([token_id], skip_special_tokens=False))
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Chat messages through the tokenizer's chat template, ending with the assistant's turn to speak."""
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Chat messages through the tokenizer's chat template, ending with the assistant's turn to speak (unless
+        ``add_generation_prompt`` is false)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ChatTemplateError(
                 f"The model {self.base_name!r} has no chat template (its tokenizer sets none); use /v1/completions."
@@ -170,7 +190,9 @@ class Service:
         for message in messages:
             _checked_text(message.get("content") or "", f"the content of a {message.get('role')!r} message")
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
         except Exception as error:  # jinja2's TemplateError and whatever a template raises for messages it refuses
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ChatTemplateError(f"The chat template cannot render these messages: {reason}") from None
@@ -178,8 +200,9 @@ class Service:
         return [int(i) for i in self.tokenizer(_checked_text(text, "chat"), add_special_tokens=False)["input_ids"]]
 
     def max_tokens(self, target: Target, inputs: Sequence[Sequence[int]], requested: int | None, limit: int) -> int:
-        """The ``max_tokens`` to run: ``requested`` (at most ``limit``), or when None all the room the context leaves
-        (at most ``limit``). Raises :class:`ContextLengthError` when the longest input leaves too little room."""
+        """The ``max_tokens`` to run: ``requested`` (at most ``limit``; 0 scores the input without generating), or
+        when None all the room the context leaves (at most ``limit``). Raises :class:`ContextLengthError` when the
+        longest input leaves too little room."""
         if requested is not None and requested > limit:
             raise InvalidRequestError(f"max_tokens is {requested}; this server allows at most {limit}.")
         longest = max(len(ids) for ids in inputs)
@@ -189,11 +212,13 @@ class Service:
             return requested if requested is not None else limit
         room = self.context_length - target.prompt_tokens - longest
         wanted = requested if requested is not None else min(room, limit)
-        if wanted < 1 or wanted > room:
+        least = 0 if requested == 0 else 1  # 0 asked for: the input is only scored
+        if wanted < least or wanted > room:
+            wanted = max(wanted, least)
             raise ContextLengthError(
                 f"This model's maximum context length is {self.context_length} tokens; the request needs "
-                f"{target.prompt_tokens + longest + max(wanted, 1)} ({target.prompt_tokens} soft-prompt tokens, "
-                f"{longest} input tokens, max_tokens {max(wanted, 1)}). Shorten the input or lower max_tokens."
+                f"{target.prompt_tokens + longest + wanted} ({target.prompt_tokens} soft-prompt tokens, "
+                f"{longest} input tokens, max_tokens {wanted}). Shorten the input or lower max_tokens."
             )
         return wanted
 
@@ -324,20 +349,27 @@ class _ChoiceText:
     def __init__(self, index: int, generation: Generation) -> None:
         self.index, self.generation = index, generation
         self._pending: list[Token] = []
+        self._started = False
 
     def feed(self, output: Output) -> Piece | None:
         self._pending.append(output.token)
         if not output.text:
             return None
         tokens, self._pending = self._pending, []
-        return Piece(self.index, output.text, tokens)
+        return self._piece(output.text, tokens)
 
     def end(self) -> Piece:
         generation = self.generation
         if generation.finish_reason == "error":
             raise GenerationError(f"Generation failed on the server: {generation.error}")
         tokens, self._pending = self._pending, []
-        return Piece(self.index, generation.tail, tokens, generation.finish_reason or "cancelled")
+        return self._piece(generation.tail, tokens, generation.finish_reason or "cancelled")
+
+    def _piece(self, text: str, tokens: list[Token], finish_reason: str | None = None) -> Piece:
+        """The first piece carries the scored input (set before the generation emitted anything)."""
+        scored = None if self._started else self.generation.prompt_tokens
+        self._started = True
+        return Piece(self.index, text, tokens, finish_reason, scored)
 
 
 def _target(prompt: Prompt | None, name: str) -> Target:
@@ -357,6 +389,8 @@ def _checked_text(text: str, what: str) -> str:
 
 
 def _append(choice: Choice, piece: Piece) -> None:
+    if piece.prompt_tokens is not None:
+        choice.prompt_tokens = piece.prompt_tokens
     choice.offsets.extend([len(choice.text)] * len(piece.tokens))
     choice.text += piece.text
     choice.tokens.extend(piece.tokens)

@@ -76,7 +76,7 @@ BAD_COMPLETIONS: list[tuple[Any, int, str | None, str | None]] = [
     (_with(OK, prompt=[[5], [-1]]), 400, None, None),
     (_with(OK, prompt=""), 400, None, None),  # no input tokens
     (_with(OK, max_tokens="5"), 400, "invalid_value", "max_tokens"),
-    (_with(OK, max_tokens=0), 400, "invalid_value", "max_tokens"),
+    (_with(OK, max_tokens=0), 400, "invalid_value", "max_tokens"),  # 0 only scores an echoed prompt
     (_with(OK, max_tokens=2.5), 400, "invalid_value", "max_tokens"),
     (_with(OK, max_tokens=True), 400, "invalid_value", "max_tokens"),
     (_with(OK, max_tokens=10**6), 400, None, None),  # over the server's limit
@@ -95,7 +95,7 @@ BAD_COMPLETIONS: list[tuple[Any, int, str | None, str | None]] = [
     (_with(OK, seed=1.5), 400, "invalid_value", "seed"),
     (_with(OK, stream="yes"), 400, "invalid_value", "stream"),
     (_with(OK, stream_options={"include_usage": "yes"}), 400, "invalid_value", "stream_options.include_usage"),
-    (_with(OK, echo=True), 400, "unsupported_parameter", None),
+    (_with(OK, echo=True, max_tokens=-1), 400, "invalid_value", "max_tokens"),
     (_with(OK, suffix="!"), 400, "unsupported_parameter", None),
     (_with(OK, best_of=3), 400, "unsupported_parameter", None),
     (_with(OK, presence_penalty=0.5), 400, "unsupported_parameter", None),

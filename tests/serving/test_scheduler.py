@@ -97,10 +97,51 @@ def test_a_failure_choosing_a_token_ends_only_that_row(
 
 
 class _Unsampleable:
-    """Sampling parameters whose every use fails (a stand-in for any per-row failure after the row joined)."""
+    """Sampling parameters whose every use fails after the prefill has read whether to score the input (a stand-in
+    for any per-row failure after the row joined)."""
+
+    def __init__(self, prompt_logprobs: bool = False) -> None:
+        self.prompt_logprobs, self.max_tokens = prompt_logprobs, 5
 
     def __getattr__(self, name: str) -> object:
         raise RuntimeError("cannot sample this row")
+
+
+def test_a_failure_scoring_an_echoed_input_ends_only_that_row(
+    served: MultiPromptModel, scheduler: Scheduler, gate: Gate
+) -> None:
+    """A row whose input is scored (echo) joins the batch before its scoring; a failure there removes exactly that
+    row, and the running rows finish with their own tokens."""
+    long = SamplingParams(max_tokens=30, temperature=0.0)
+    gate.close()
+    running = [scheduler.submit(served.row_prompt("a"), INPUT, long) for _ in range(2)]
+    wait_for(lambda: scheduler.stats().running == 2 and gate.waiting.is_set(), "two requests to run")
+    poisoned = Generation(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=5, prompt_logprobs=True))
+    scheduler.submit_all([poisoned])
+    poisoned.params = _Unsampleable(prompt_logprobs=True)  # type: ignore[assignment]
+    gate.open()
+    for generation in (*running, poisoned):
+        wait_for(lambda g=generation: g.finish_reason, "every request to finish")
+    assert poisoned.finish_reason == "error" and "cannot sample" in (poisoned.error or "")
+    assert poisoned.prompt_tokens is None and not poisoned.tokens
+    for generation in running:
+        assert [t.id for t in generation.tokens] == _alone(served, 30) and generation.finish_reason == "length"
+    wait_for(lambda: scheduler.stats().running == 0, "the batch to empty")
+    assert scheduler.alive
+
+
+def test_an_input_only_scored_never_joins_the_batch(served: MultiPromptModel, scheduler: Scheduler) -> None:
+    """max_tokens 0 with prompt_logprobs: the input's tokens come back scored, nothing is generated, and the batch
+    never holds the row."""
+    rows: list[int] = []
+    hooked = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=rows.append)
+    try:
+        generation = hooked.submit(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=0, prompt_logprobs=True))
+        assert list(generation) == [] and generation.finish_reason == "length"
+        assert [t.id for t in generation.prompt_tokens or []] == INPUT and not generation.tokens
+        assert rows == [] and hooked.stats().running == 0
+    finally:
+        hooked.shutdown(drain=False)
 
 
 def test_a_seed_out_of_range_cannot_even_make_a_request() -> None:
