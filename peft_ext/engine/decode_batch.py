@@ -1,10 +1,16 @@
 """Continuous batching on the engine: rows join and leave a running batch at any decoding step.
 
-A :class:`DecodeBatch` holds the keys/values of every running row as one left-padded batch cache. :meth:`join`
-prefills a new row alone (its prompt's keys/values come from the model's prompt KV cache, then its text runs, as
-``PromptEngine.generate`` does for one row) and merges the row in; :meth:`step` feeds every row its next token in one
-forward; :meth:`leave` drops rows. Rows never see each other: padding is masked and positions count from each row's
-own prompt, so each row's logits are those of the same request run alone.
+A :class:`DecodeBatch` holds the keys/values of every running row in one left-padded batch cache, allocated with spare
+rows and columns and written in place: a decoding step writes each layer's new column into it (the model sees views
+of the columns in use, through a ``DynamicCache`` whose layers write in place) and copies nothing else; the mask and
+the positions are updated in place too. :meth:`join` prefills a new row alone (its prompt's keys/values come from the
+model's prompt KV cache, then its text runs, as ``PromptEngine.generate`` does for one row) and copies it in;
+:meth:`step` feeds every row its next token in one forward; :meth:`leave` moves the last row into each leaving row's
+slot. Rows never see each other: padding is masked and positions count from each row's own prompt, so each row's
+logits are those of the same request run alone.
+
+Models whose cache layers are not plain ``DynamicLayer`` (sliding windows) run the same batch through a fresh
+``DynamicCache`` per step and copy the new column back: the same results, with copies.
 """
 
 from __future__ import annotations
@@ -13,32 +19,44 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from transformers import DynamicCache, DynamicLayer
 
 from ..errors import InvalidRequestError, UnsupportedModelError
 from ..integration import cache_argument, output_cache
 from .engine import Prompt, PromptEngine
 from .kv_cache import LayerKV
 
+SPARE_COLUMNS = 64  # columns allocated ahead: the buffers grow once per this many decoding steps
+SPARE_ROWS = 8
+
 
 class DecodeBatch:
-    """The running rows of one model, each known by a caller-chosen id. Not thread-safe: one scheduler drives it."""
+    """The running rows of one model, each known by a caller-chosen id. Not thread-safe: one scheduler drives it.
 
-    def __init__(self, engine: PromptEngine) -> None:
+    ``in_place`` (default: whenever the model's cache layers allow it) writes each step's keys/values into the batch
+    cache; False rebuilds a ``DynamicCache`` every step (what models with sliding-window layers get).
+    """
+
+    def __init__(self, engine: PromptEngine, in_place: bool | None = None) -> None:
         if engine.is_encoder_decoder:
             raise UnsupportedModelError("Continuous batching serves decoder-only models (the prompt KV is reused).")
         self.engine = engine
-        self.ids: list[Hashable] = []  # row order of the batch
-        self._layers: LayerKV = []  # per layer: keys, values [rows, heads, length, head_dim], left-padded
-        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, length]: 1 where a row has a key/value
+        self.in_place = _plain_layers(engine.model) if in_place is None else in_place
+        self.ids: list[Hashable] = []  # row order of the batch: row i lives in slot i of the buffers
+        self._keys: list[torch.Tensor] = []  # per layer: [row slots, heads, columns, head_dim], left-padded
+        self._values: list[torch.Tensor] = []
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [row slots, columns]: 1 where a row has a key/value
+        self._seen = torch.zeros(0, dtype=torch.long)  # per row slot: its keys/values (the next token's position)
+        self._length = 0  # columns in use (the longest row, padding included); rows end at the same column
+        self._cache: Any = None  # in place: the DynamicCache over the buffers, its layers writing in place
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def length(self) -> int:
-        """Columns of the batch cache (the longest row, padding included)."""
-        return int(self._mask.shape[1])
+        """Columns of the batch cache in use (the longest row, padding included)."""
+        return self._length
 
     @torch.no_grad()
     def join(
@@ -50,7 +68,7 @@ class DecodeBatch:
         if row_id in self.ids:
             raise InvalidRequestError(f"Row {row_id!r} is already running.")
         output = self._prefill(prompt, input_ids, use_cache=True)
-        self._merge(row_id, [(layer.keys, layer.values) for layer in output_cache(output).layers])
+        self._merge(row_id, _layers(output))
         return output.logits[0] if every_position else output.logits[0, -1]
 
     @torch.no_grad()
@@ -69,70 +87,152 @@ class DecodeBatch:
     @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed each row (in :attr:`ids` order) its next token; return next-token logits ``[rows, vocab]``."""
-        if len(tokens) != len(self.ids) or not self.ids:
-            raise InvalidRequestError(f"step needs one token per running row ({len(self.ids)}), got {len(tokens)}.")
+        rows = len(self.ids)
+        if len(tokens) != rows or not rows:
+            raise InvalidRequestError(f"step needs one token per running row ({rows}), got {len(tokens)}.")
         model = self.engine.model
-        device = self._mask.device
-        mask = torch.cat([self._mask, torch.ones(len(self.ids), 1, dtype=torch.long, device=device)], dim=1)
-        positions = mask.sum(dim=1, keepdim=True) - 1  # each row counts from its own prompt
-        cache = _dynamic_cache(model, self._layers)
-        output = model(
-            input_ids=torch.tensor(list(tokens), dtype=torch.long, device=device)[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_argument(model): cache},
-        )
-        self._layers, self._mask = [(layer.keys, layer.values) for layer in output_cache(output).layers], mask
+        self._reserve(rows, self._length + 1)
+        column = self._length
+        self._mask[:rows, column] = 1
+        try:
+            cache = self._step_cache(rows, column)
+            output = model(
+                input_ids=torch.tensor(list(tokens), dtype=torch.long, device=self._mask.device)[:, None],
+                attention_mask=self._mask[:rows, : column + 1],
+                position_ids=self._seen[:rows, None],
+                use_cache=True,
+                **{cache_argument(model): cache},
+            )
+            if not self.in_place:
+                for layer, (keys, values) in enumerate(_layers(output)):
+                    self._keys[layer][:rows, :, column] = keys[:, :, -1]
+                    self._values[layer][:rows, :, column] = values[:, :, -1]
+        except BaseException:
+            self._mask[:rows, column] = 0  # the batch stays as it was (the column is written again next time)
+            raise
+        self._length = column + 1
+        self._seen[:rows] += 1
         return output.logits[:, -1]
 
     def leave(self, row_ids: Sequence[Hashable]) -> None:
-        """Drop rows; columns no remaining row uses are trimmed away."""
+        """Drop rows: the last row moves into each leaving row's slot; columns no remaining row uses are trimmed."""
         gone = set(row_ids)
-        keep = [i for i, row in enumerate(self.ids) if row not in gone]
-        if len(keep) == len(self.ids):
+        for slot in sorted((i for i, row in enumerate(self.ids) if row in gone), reverse=True):
+            last = len(self.ids) - 1
+            if slot != last:
+                for buffer in (*self._keys, *self._values, self._mask, self._seen):
+                    buffer[slot] = buffer[last]
+                self.ids[slot] = self.ids[last]
+            self.ids.pop()
+        if not self.ids:
+            self._length = 0
             return
-        self.ids = [self.ids[i] for i in keep]
-        if not keep:
-            self._layers, self._mask = [], self._mask[:0, :0]
-            return
-        index = torch.tensor(keep, device=self._mask.device)
-        mask = self._mask.index_select(0, index)
-        start = int(mask.any(dim=0).long().argmax())  # first column a remaining row uses
-        self._mask = mask[:, start:]
-        self._layers = [
-            (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in self._layers
-        ]
+        used = self._mask[: len(self.ids), : self._length].any(dim=0)
+        start = int(used.long().argmax())  # the first column a remaining row uses
+        if start:
+            row_slots, capacity = self._mask.shape
+            self._reallocate(row_slots, capacity, start)
+
+    # --- the buffers -------------------------------------------------------------------------------------------------
 
     def _merge(self, row_id: Hashable, layers: LayerKV) -> None:
         new_length = int(layers[0][0].shape[2])
-        device = layers[0][0].device
-        row_mask = torch.ones(1, new_length, dtype=torch.long, device=device)
-        if not self.ids:
-            self.ids, self._layers, self._mask = [row_id], layers, row_mask
+        rows, length = len(self.ids), max(self._length, new_length)
+        if not self._keys:  # the first row: its layers give the buffers' shapes, dtype and device
+            self._keys = [k.new_zeros(0, k.shape[1], 0, k.shape[3]) for k, _ in layers]
+            self._values = [v.new_zeros(0, v.shape[1], 0, v.shape[3]) for _, v in layers]
+            device = layers[0][0].device
+            self._mask, self._seen = self._mask.to(device), self._seen.to(device)
+        self._reserve(rows + 1, length + 1, shift=length - self._length)
+        slot, start = rows, length - new_length
+        for (keys, values), key_buffer, value_buffer in zip(layers, self._keys, self._values, strict=True):
+            key_buffer[slot, :, :start] = 0
+            value_buffer[slot, :, :start] = 0
+            key_buffer[slot, :, start:length] = keys[0]
+            value_buffer[slot, :, start:length] = values[0]
+        self._mask[slot] = 0
+        self._mask[slot, start:length] = 1
+        self._seen[slot] = new_length
+        self.ids.append(row_id)
+        self._length = length
+
+    def _reserve(self, rows: int, columns: int, shift: int = 0) -> None:
+        """Room for ``rows`` rows of ``columns`` columns, the rows in use moved ``shift`` columns to the right."""
+        row_slots, capacity = self._mask.shape if self._mask.numel() else (0, 0)
+        if rows <= row_slots and columns <= capacity and not shift:
             return
-        length = max(self.length, new_length)
-        merged = [
-            (
-                torch.cat([_left_pad(k, length), _left_pad(nk, length)]),
-                torch.cat([_left_pad(v, length), _left_pad(nv, length)]),
-            )
-            for (k, v), (nk, nv) in zip(self._layers, layers, strict=True)
-        ]
-        mask = torch.cat([F.pad(self._mask, (length - self.length, 0)), F.pad(row_mask, (length - new_length, 0))])
-        # Assigned together once everything is computed: a failure above leaves the batch as it was.
-        self._layers, self._mask, self.ids = merged, mask, [*self.ids, row_id]
+        self._reallocate(_capacity(rows, row_slots), _capacity(columns, capacity, SPARE_COLUMNS), -shift)
+
+    def _reallocate(self, row_slots: int, capacity: int, start: int) -> None:
+        """New buffers of ``row_slots`` x ``capacity``, holding the rows in use from column ``start`` on (a negative
+        ``start`` moves them right)."""
+        rows = len(self.ids)
+        row_slots, capacity = max(row_slots, rows), max(capacity, self._length - start)
+        old_from, new_from = max(start, 0), max(-start, 0)
+        width = self._length - old_from
+
+        def moved(buffer: torch.Tensor) -> torch.Tensor:
+            fresh = buffer.new_zeros(row_slots, *buffer.shape[1:2], capacity, *buffer.shape[3:])
+            fresh[:rows, :, new_from : new_from + width] = buffer[:rows, :, old_from : old_from + width]
+            return fresh
+
+        mask = self._mask.new_zeros(row_slots, capacity)
+        mask[:rows, new_from : new_from + width] = self._mask[:rows, old_from : old_from + width]
+        seen = self._seen.new_zeros(row_slots)
+        seen[:rows] = self._seen[:rows]
+        self._keys = [moved(k) for k in self._keys]
+        self._values = [moved(v) for v in self._values]
+        self._mask, self._seen, self._length = mask, seen, new_from + width
+        self._cache = None
+
+    def _step_cache(self, rows: int, column: int) -> Any:
+        """The cache a decoding step runs with: the buffers' first ``rows`` rows and ``column`` columns."""
+        model = self.engine.model
+        if not self.in_place:
+            cache = DynamicCache(config=model.config)
+            for layer, (keys, values) in enumerate(zip(self._keys, self._values, strict=True)):
+                cache.update(keys[:rows, :, :column], values[:rows, :, :column], layer)
+            return cache
+        if self._cache is None:
+            self._cache = DynamicCache(config=model.config)
+            self._cache.layers = [_InPlaceLayer(k, v) for k, v in zip(self._keys, self._values, strict=True)]
+        for layer in self._cache.layers:
+            layer.use(rows, column)
+        return self._cache
 
 
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """``[rows, heads, n, dim]`` zero-padded on the left of the sequence axis to ``length``."""
-    return F.pad(tensor, (0, 0, length - tensor.shape[2], 0))
+class _InPlaceLayer(DynamicLayer):
+    """A layer of the batch cache: its keys/values are views of the batch buffers, and the model's update writes the
+    new column into them instead of concatenating."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self._key_buffer, self._value_buffer = keys, values
+        self.device, self.dtype = keys.device, keys.dtype
+        self.is_initialized = True
+
+    def use(self, rows: int, columns: int) -> None:
+        self.keys = self._key_buffer[:rows, :, :columns]
+        self.values = self._value_buffer[:rows, :, :columns]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        assert self.keys is not None and self.values is not None
+        rows, start = self.keys.shape[0], self.keys.shape[2]
+        end = start + key_states.shape[2]
+        self._key_buffer[:rows, :, start:end] = key_states
+        self._value_buffer[:rows, :, start:end] = value_states
+        self.use(rows, end)
+        return self.keys, self.values
 
 
-def _dynamic_cache(model: Any, layers: LayerKV) -> Any:
-    from transformers import DynamicCache
+def _plain_layers(model: Any) -> bool:
+    """Whether every layer of the model's ``DynamicCache`` is a plain ``DynamicLayer`` (no sliding window)."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
-    cache = DynamicCache(config=model.config)
-    for index, (keys, values) in enumerate(layers):
-        cache.update(keys, values, index)
-    return cache
+
+def _capacity(needed: int, current: int, spare: int = SPARE_ROWS) -> int:
+    return current if needed <= current else needed + spare
+
+
+def _layers(output: Any) -> LayerKV:
+    return [(layer.keys, layer.values) for layer in output_cache(output).layers]

@@ -1,0 +1,83 @@
+"""The continuous batch's cache, written in place: rows joining longer or shorter than the others, leaving from the
+middle, and more decoding steps than the spare columns, each row's tokens those of the same request alone; the in-place
+cache and a cache rebuilt every step (what sliding-window models get) give the same logits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny_models import make_model
+
+from peft_ext import MultiPromptModel
+from peft_ext.engine.decode_batch import SPARE_COLUMNS, SPARE_ROWS, DecodeBatch
+
+PROMPTS = {"a": 3, "b": 6}
+
+
+@pytest.fixture(scope="module")
+def served() -> MultiPromptModel:
+    served = MultiPromptModel(make_model("llama"))
+    for index, (name, length) in enumerate(PROMPTS.items()):
+        served.add(name, torch.randn(length, 32, generator=torch.Generator().manual_seed(index)) * 0.5)
+    return served
+
+
+def alone(served: MultiPromptModel, prompt: str | None, input_ids: list[int], new_tokens: int) -> list[int]:
+    output = served.generate(torch.tensor([input_ids]), [prompt], max_new_tokens=new_tokens, do_sample=False)
+    return output[0, len(input_ids) :].tolist()
+
+
+def schedule(seed: int) -> list[tuple[int, str | None, list[int], int]]:
+    """Requests as (join step, prompt, input ids, new tokens): inputs of 1 to 20 tokens, some long enough to outlast
+    the spare columns, joining while others run."""
+    rng = random.Random(seed)
+    requests = []
+    for index in range(SPARE_ROWS + 4):  # more rows than the first allocation holds
+        length, new_tokens = rng.randint(1, 20), rng.choice([1, 3, 8, SPARE_COLUMNS + 10])
+        ids = [rng.randint(4, 60) for _ in range(length)]
+        requests.append((rng.randint(0, 12) if index else 0, rng.choice([None, "a", "b"]), ids, new_tokens))
+    return requests
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rows_joining_and_leaving_decode_as_each_alone(served: MultiPromptModel, seed: int) -> None:
+    requests = schedule(seed)
+    batches = [DecodeBatch(served.engine, in_place=True), DecodeBatch(served.engine, in_place=False)]
+    made: dict[int, list[int]] = {}
+    finished: set[int] = set()
+    step = 0
+    while len(finished) < len(requests):
+        for index, (start, prompt, ids, _) in enumerate(requests):
+            if start == step:
+                logits = [b.join(index, served.row_prompt(prompt) if prompt else None, ids) for b in batches]
+                torch.testing.assert_close(logits[0], logits[1])
+                made[index] = [int(logits[0].argmax())]
+        done = [i for i in batches[0].ids if len(made[i]) == requests[i][3]]  # type: ignore[index]
+        finished.update(done)  # type: ignore[arg-type]
+        for batch in batches:
+            batch.leave(done)
+        assert batches[0].ids == batches[1].ids and batches[0].length == batches[1].length
+        if batches[0].ids:
+            tokens = [made[i][-1] for i in batches[0].ids]  # type: ignore[index]
+            logits = [batch.step(tokens) for batch in batches]
+            torch.testing.assert_close(logits[0], logits[1])
+            for row, index in enumerate(batches[0].ids):
+                made[index].append(int(logits[0][row].argmax()))  # type: ignore[index]
+        step += 1
+    for index, (_, prompt, ids, new_tokens) in enumerate(requests):
+        assert made[index] == alone(served, prompt, ids, new_tokens), index
+
+
+def test_a_failed_step_leaves_the_batch_as_it_was(served: MultiPromptModel) -> None:
+    batch = DecodeBatch(served.engine)
+    first = int(batch.join("r", None, [5, 6, 7]).argmax())
+    length = batch.length
+    with pytest.raises(IndexError):
+        batch.step([10**6])  # an id outside the vocabulary fails inside the model
+    assert batch.length == length
+    tokens = [first]
+    for _ in range(4):
+        tokens.append(int(batch.step([tokens[-1]])[0].argmax()))
+    assert tokens == alone(served, None, [5, 6, 7], 5)
