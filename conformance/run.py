@@ -114,6 +114,7 @@ def environment(cache: Path, deps: Path) -> dict[str, str]:
         HF_ENDPOINT="http://127.0.0.1:9",  # should anything still try the network, it fails at once
         OMP_NUM_THREADS="1",  # tiny models: threads cost more than they give, and the runs go side by side
         TOKENIZERS_PARALLELISM="false",
+        PEFT_EXT_AUTOLOAD="0",  # each run imports peft_ext itself, or not (the control): never the startup hook
     )
     return env
 

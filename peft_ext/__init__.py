@@ -6,16 +6,16 @@ import itself is instant: registration happens as soon as ``peft`` is imported (
 below load on first use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
+# The startup hook (``_autoload``) imports this package in every Python process: no ``from __future__`` or ``typing``
+# here (annotations are strings), and ``errors`` is lazy like the rest.
 from . import _registration
-from .errors import PeftExtError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .engine import BASE_ADAPTER, KVCacheStats, PromptEngine, PromptKVCache
+    from .errors import PeftExtError
     from .export import export_prefix_tuning, export_prompt_tuning
     from .integration import adapter_prompt
     from .multi import MultiPromptModel
@@ -32,6 +32,7 @@ _LAZY = {
     "export_prompt_tuning": "peft_ext.export",
     "adapter_prompt": "peft_ext.integration",
     "MultiPromptModel": "peft_ext.multi",
+    "PeftExtError": "peft_ext.errors",
     "Init": "peft_ext.soft_prompt",
     "LengthPolicy": "peft_ext.soft_prompt",
     "Reparameterization": "peft_ext.soft_prompt",
@@ -40,9 +41,11 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     if name not in _LAZY:
         raise AttributeError(f"module 'peft_ext' has no attribute {name!r}")
+    import importlib
+
     return getattr(importlib.import_module(_LAZY[name]), name)
 
 
@@ -64,7 +67,7 @@ def register() -> None:
     )
 
 
-def use_exact_generate(model: Any, enabled: bool = True) -> Any:
+def use_exact_generate(model: "Any", enabled: bool = True) -> "Any":
     """Route ``generate`` of this model's stock ``PROMPT_TUNING``/``P_TUNING``/``PREFIX_TUNING`` adapters through
     peft_ext's path.
 

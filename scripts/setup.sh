@@ -16,7 +16,7 @@ esac
 if [ ! -x "$venv/bin/python" ]; then
   "$PYTHON" -m venv "$venv"
 fi
-stamp="$venv/.peft-ext-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp="$venv/.peft-ext-setup-$(sha256sum pyproject.toml setup.py peft_ext_autoload.pth scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   # A pinned CPU torch: an unpinned one can pull a multi-GB CUDA build. It is the only torch CI can install.
   torch_pin="$(mktemp)"

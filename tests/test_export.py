@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,7 @@ def test_export_loads_in_plain_peft(tmp_path, family):
         [sys.executable, str(script), str(tmp_path / "base"), str(tmp_path / "stock"), str(out)],
         check=True,
         cwd=tmp_path,
+        env={**os.environ, "PEFT_EXT_AUTOLOAD": "0"},  # plain PEFT: without peft-ext's startup hook too
     )
     with torch.no_grad():
         ours = model(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits
