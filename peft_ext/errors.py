@@ -42,7 +42,8 @@ class MissingLabelWordsError(PeftExtError, ValueError):
 
 
 class InvalidRequestError(PeftExtError, ValueError):
-    """A call's arguments do not fit together (one adapter name per row, max_new_tokens instead of max_length, ...)."""
+    """A call's arguments do not fit together (one adapter name per row, a max_length with no room for new tokens,
+    ...)."""
 
 
 class UnsupportedModelError(PeftExtError, ValueError):
@@ -180,3 +181,10 @@ class ServerBindError(PeftExtError, OSError):
 
 class MissingExtraError(PeftExtError, ImportError):
     """A feature whose optional packages are not installed; the message names the extra to install."""
+
+
+class UnknownTaskError(PeftExtError, KeyError):
+    """An evaluation task name that no task folder or installed task defines (``peft-ext eval --tasks``)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0]) if self.args else ""

