@@ -1,24 +1,30 @@
 """Continuous batching on the engine: rows join and leave a running batch at any decoding step.
 
-A :class:`DecodeBatch` holds the keys/values of every running row in one left-padded batch cache, allocated with spare
-rows and columns and written in place: a decoding step writes each layer's new column into it (the model sees views
-of the columns in use, through a ``DynamicCache`` whose layers write in place) and copies nothing else; the mask and
-the positions are updated in place too. :meth:`join` prefills a new row alone (its prompt's keys/values come from the
-model's prompt KV cache, then its text runs, as ``PromptEngine.generate`` does for one row) and copies it in;
-:meth:`step` feeds every row its next token in one forward; :meth:`leave` moves the last row into each leaving row's
-slot. Rows never see each other: padding is masked and positions count from each row's own prompt, so each row's
-logits are those of the same request run alone.
+A :class:`DecodeBatch` holds the keys/values of every running row in one batch cache, allocated with spare rows and
+columns and written in place. Each row starts at column 0, as it would alone, and is followed by masked columns up to
+the longest row: a decoding step writes each row's new key/value right after its own (the model sees views of the
+columns in use, through a ``DynamicCache`` whose layers write in place) and copies nothing else; the mask and the
+positions are updated in place too. So no row's keys/values ever move to make room for another, and attention meets
+each row's keys/values at the same columns as alone: rows are bit-identical to the same request alone in bfloat16
+too, where the attention kernels' block boundaries would otherwise shift with the padding.
+
+:meth:`join` prefills a new row alone (its prompt's keys/values come from the model's prompt KV cache, then its text
+runs, as ``PromptEngine.generate`` does for one row) and copies it into a free slot; :meth:`step` feeds every row its
+next token in one forward; :meth:`leave` moves the last row into each leaving row's slot. Rows never see each other:
+padding is masked and positions count from each row's own prompt.
 
 Models whose cache layers are not plain ``DynamicLayer`` (sliding windows) run the same batch through a fresh
-``DynamicCache`` per step and copy the new column back: the same results, with copies.
+``DynamicCache`` per step (the new token at the longest row's column) and copy the new column back.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache, DynamicLayer
 
 from ..errors import InvalidRequestError, UnsupportedModelError
@@ -55,7 +61,7 @@ class DecodeBatch:
 
     @property
     def length(self) -> int:
-        """Columns of the batch cache in use (the longest row, padding included)."""
+        """Columns of the batch cache in use (the longest row)."""
         return self._length
 
     @torch.no_grad()
@@ -82,40 +88,47 @@ class DecodeBatch:
             raise InvalidRequestError("A row needs at least one input token.")
         device = self.engine.model.get_input_embeddings().weight.device
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
-        return self.engine.cached_forward([prompt], ids, use_cache=use_cache)
+        with _attention_kernels(self.engine.model):
+            return self.engine.cached_forward([prompt], ids, use_cache=use_cache)
 
     @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed each row (in :attr:`ids` order) its next token; return next-token logits ``[rows, vocab]``."""
-        rows = len(self.ids)
+        rows, length = len(self.ids), self._length
         if len(tokens) != rows or not rows:
             raise InvalidRequestError(f"step needs one token per running row ({rows}), got {len(tokens)}.")
         model = self.engine.model
-        self._reserve(rows, self._length + 1)
-        column = self._length
-        self._mask[:rows, column] = 1
+        self._reserve(rows, length + 1)
+        device = self._mask.device
+        slots, columns = torch.arange(rows, device=device), self._seen[:rows].clone()  # each row writes after its own
+        if self.in_place:
+            self._mask[slots, columns] = 1
+            mask = self._mask[:rows, : length + 1]
+        else:  # the model appends the new token at column `length` for every row
+            mask = torch.cat([self._mask[:rows, :length], self._mask.new_ones(rows, 1)], dim=1)
         try:
-            cache = self._step_cache(rows, column)
-            output = model(
-                input_ids=torch.tensor(list(tokens), dtype=torch.long, device=self._mask.device)[:, None],
-                attention_mask=self._mask[:rows, : column + 1],
-                position_ids=self._seen[:rows, None],
-                use_cache=True,
-                **{cache_argument(model): cache},
-            )
+            with _attention_kernels(model):
+                output = model(
+                    input_ids=torch.tensor(list(tokens), dtype=torch.long, device=device)[:, None],
+                    attention_mask=mask,
+                    position_ids=columns[:, None],
+                    use_cache=True,
+                    **{cache_argument(model): self._step_cache(rows, length, slots, columns)},
+                )
             if not self.in_place:
                 for layer, (keys, values) in enumerate(_layers(output)):
-                    self._keys[layer][:rows, :, column] = keys[:, :, -1]
-                    self._values[layer][:rows, :, column] = values[:, :, -1]
+                    self._keys[layer][slots, :, columns] = keys[:, :, -1]
+                    self._values[layer][slots, :, columns] = values[:, :, -1]
+                self._mask[slots, columns] = 1
         except BaseException:
-            self._mask[:rows, column] = 0  # the batch stays as it was (the column is written again next time)
+            self._mask[slots, columns] = 0  # the batch stays as it was (those columns are written again next time)
             raise
-        self._length = column + 1
         self._seen[:rows] += 1
+        self._length = int(self._seen[:rows].max())
         return output.logits[:, -1]
 
     def leave(self, row_ids: Sequence[Hashable]) -> None:
-        """Drop rows: the last row moves into each leaving row's slot; columns no remaining row uses are trimmed."""
+        """Drop rows: the last row moves into each leaving row's slot."""
         gone = set(row_ids)
         for slot in sorted((i for i, row in enumerate(self.ids) if row in gone), reverse=True):
             last = len(self.ids) - 1
@@ -124,105 +137,100 @@ class DecodeBatch:
                     buffer[slot] = buffer[last]
                 self.ids[slot] = self.ids[last]
             self.ids.pop()
-        if not self.ids:
-            self._length = 0
-            return
-        used = self._mask[: len(self.ids), : self._length].any(dim=0)
-        start = int(used.long().argmax())  # the first column a remaining row uses
-        if start:
-            row_slots, capacity = self._mask.shape
-            self._reallocate(row_slots, capacity, start)
+        self._length = int(self._seen[: len(self.ids)].max()) if self.ids else 0
 
     # --- the buffers -------------------------------------------------------------------------------------------------
 
     def _merge(self, row_id: Hashable, layers: LayerKV) -> None:
+        """Copy a prefilled row into the next free slot, from column 0 (what it holds alone)."""
         new_length = int(layers[0][0].shape[2])
-        rows, length = len(self.ids), max(self._length, new_length)
         if not self._keys:  # the first row: its layers give the buffers' shapes, dtype and device
             self._keys = [k.new_zeros(0, k.shape[1], 0, k.shape[3]) for k, _ in layers]
             self._values = [v.new_zeros(0, v.shape[1], 0, v.shape[3]) for _, v in layers]
             device = layers[0][0].device
             self._mask, self._seen = self._mask.to(device), self._seen.to(device)
-        self._reserve(rows + 1, length + 1, shift=length - self._length)
-        slot, start = rows, length - new_length
+        slot = len(self.ids)
+        self._reserve(slot + 1, max(self._length, new_length) + 1)
         for (keys, values), key_buffer, value_buffer in zip(layers, self._keys, self._values, strict=True):
-            key_buffer[slot, :, :start] = 0
-            value_buffer[slot, :, :start] = 0
-            key_buffer[slot, :, start:length] = keys[0]
-            value_buffer[slot, :, start:length] = values[0]
+            key_buffer[slot, :, :new_length] = keys[0]
+            value_buffer[slot, :, :new_length] = values[0]
         self._mask[slot] = 0
-        self._mask[slot, start:length] = 1
+        self._mask[slot, :new_length] = 1
         self._seen[slot] = new_length
         self.ids.append(row_id)
-        self._length = length
+        self._length = max(self._length, new_length)
 
-    def _reserve(self, rows: int, columns: int, shift: int = 0) -> None:
-        """Room for ``rows`` rows of ``columns`` columns, the rows in use moved ``shift`` columns to the right."""
-        row_slots, capacity = self._mask.shape if self._mask.numel() else (0, 0)
-        if rows <= row_slots and columns <= capacity and not shift:
+    def _reserve(self, rows: int, columns: int) -> None:
+        """Room for ``rows`` rows of ``columns`` columns (new buffers with spare room when there is not)."""
+        row_slots, capacity = self._mask.shape
+        if rows <= row_slots and columns <= capacity:
             return
-        self._reallocate(_capacity(rows, row_slots), _capacity(columns, capacity, SPARE_COLUMNS), -shift)
-
-    def _reallocate(self, row_slots: int, capacity: int, start: int) -> None:
-        """New buffers of ``row_slots`` x ``capacity``, holding the rows in use from column ``start`` on (a negative
-        ``start`` moves them right)."""
-        rows = len(self.ids)
-        row_slots, capacity = max(row_slots, rows), max(capacity, self._length - start)
-        old_from, new_from = max(start, 0), max(-start, 0)
-        width = self._length - old_from
+        row_slots, capacity = _capacity(rows, row_slots, SPARE_ROWS), _capacity(columns, capacity, SPARE_COLUMNS)
+        used, width = len(self.ids), self._length
 
         def moved(buffer: torch.Tensor) -> torch.Tensor:
-            fresh = buffer.new_zeros(row_slots, *buffer.shape[1:2], capacity, *buffer.shape[3:])
-            fresh[:rows, :, new_from : new_from + width] = buffer[:rows, :, old_from : old_from + width]
+            fresh = buffer.new_zeros(row_slots, buffer.shape[1], capacity, buffer.shape[3])
+            fresh[:used, :, :width] = buffer[:used, :, :width]
             return fresh
 
         mask = self._mask.new_zeros(row_slots, capacity)
-        mask[:rows, new_from : new_from + width] = self._mask[:rows, old_from : old_from + width]
+        mask[:used, :width] = self._mask[:used, :width]
         seen = self._seen.new_zeros(row_slots)
-        seen[:rows] = self._seen[:rows]
+        seen[:used] = self._seen[:used]
         self._keys = [moved(k) for k in self._keys]
         self._values = [moved(v) for v in self._values]
-        self._mask, self._seen, self._length = mask, seen, new_from + width
-        self._cache = None
+        self._mask, self._seen, self._cache = mask, seen, None
 
-    def _step_cache(self, rows: int, column: int) -> Any:
-        """The cache a decoding step runs with: the buffers' first ``rows`` rows and ``column`` columns."""
+    def _step_cache(self, rows: int, length: int, slots: torch.Tensor, columns: torch.Tensor) -> Any:
+        """The cache a decoding step runs with: the buffers' first ``rows`` rows and ``length`` columns."""
         model = self.engine.model
         if not self.in_place:
             cache = DynamicCache(config=model.config)
             for layer, (keys, values) in enumerate(zip(self._keys, self._values, strict=True)):
-                cache.update(keys[:rows, :, :column], values[:rows, :, :column], layer)
+                cache.update(keys[:rows, :, :length], values[:rows, :, :length], layer)
             return cache
         if self._cache is None:
             self._cache = DynamicCache(config=model.config)
             self._cache.layers = [_InPlaceLayer(k, v) for k, v in zip(self._keys, self._values, strict=True)]
         for layer in self._cache.layers:
-            layer.use(rows, column)
+            layer.use(rows, length, slots, columns)
         return self._cache
 
 
 class _InPlaceLayer(DynamicLayer):
-    """A layer of the batch cache: its keys/values are views of the batch buffers, and the model's update writes the
-    new column into them instead of concatenating."""
+    """A layer of the batch cache: its keys/values are views of the batch buffers, and the model's update writes each
+    row's new key/value into the row's own next column instead of concatenating."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self._key_buffer, self._value_buffer = keys, values
         self.device, self.dtype = keys.device, keys.dtype
         self.is_initialized = True
+        self._slots = self._columns = torch.zeros(0, dtype=torch.long)
 
-    def use(self, rows: int, columns: int) -> None:
-        self.keys = self._key_buffer[:rows, :, :columns]
-        self.values = self._value_buffer[:rows, :, :columns]
+    def use(self, rows: int, length: int, slots: torch.Tensor, columns: torch.Tensor) -> None:
+        """Show the model ``rows`` rows of ``length`` columns; its next update writes row i at ``columns[i]``."""
+        self.keys = self._key_buffer[:rows, :, :length]
+        self.values = self._value_buffer[:rows, :, :length]
+        self._slots, self._columns = slots, columns
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        assert self.keys is not None and self.values is not None
-        rows, start = self.keys.shape[0], self.keys.shape[2]
-        end = start + key_states.shape[2]
-        self._key_buffer[:rows, :, start:end] = key_states
-        self._value_buffer[:rows, :, start:end] = value_states
-        self.use(rows, end)
+        assert self.keys is not None and key_states.shape[2] == 1, "a decoding step adds one token per row"
+        rows, length = self.keys.shape[0], self.keys.shape[2]
+        self._key_buffer[self._slots, :, self._columns] = key_states[:, :, 0]
+        self._value_buffer[self._slots, :, self._columns] = value_states[:, :, 0]
+        self.keys = self._key_buffer[:rows, :, : length + 1]
+        self.values = self._value_buffer[:rows, :, : length + 1]
         return self.keys, self.values
+
+
+def _attention_kernels(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """In half precision, attention without blocking (PyTorch's math kernel): the flash kernel's blocks depend on the
+    batch's length, so the masked columns after a shorter row would change its rounding; the math kernel's softmax
+    and products meet a row's own columns alike whatever follows them. Full precision keeps the fastest kernel."""
+    if model.get_input_embeddings().weight.dtype in (torch.bfloat16, torch.float16):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def _plain_layers(model: Any) -> bool:
@@ -230,7 +238,7 @@ def _plain_layers(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
-def _capacity(needed: int, current: int, spare: int = SPARE_ROWS) -> int:
+def _capacity(needed: int, current: int, spare: int) -> int:
     return current if needed <= current else needed + spare
 
 

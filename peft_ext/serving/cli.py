@@ -92,6 +92,13 @@ def _model_arguments(parser: argparse.ArgumentParser, prompts: str | None) -> No
             metavar=prompts,
             help="serve this adapter folder or store reference (repo:task@^1.2) as NAME (repeatable)",
         )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default="float32",
+        help="the base model's precision (default float32; auto: bfloat16 where the CPU or GPU computes in it). "
+        "Answers are exact within a dtype: every row equals the same request alone in that dtype.",
+    )
     parser.add_argument("--store", choices=("local", "hf"), default="local", help="where references are pulled from")
     parser.add_argument("--root", help="LocalStore folder (default: $PEFT_EXT_HUB_ROOT or the user cache)")
     parser.add_argument("--endpoint", help="Hub URL for --store hf (default: huggingface_hub's, HF_ENDPOINT)")
@@ -105,7 +112,7 @@ def _named_source(value: str) -> tuple[str, str]:
 
 
 def _service(args: argparse.Namespace, **options: Any) -> Any:
-    from ..base_models import EMBEDDED_DEFAULT, load_base_model
+    from ..base_models import EMBEDDED_DEFAULT, load_base_model, resolve_dtype
     from ..base_ref import public_id
     from .service import Service
 
@@ -119,7 +126,7 @@ def _service(args: argparse.Namespace, **options: Any) -> Any:
         from hub.stores.local import LocalStore
 
         store = LocalStore(args.root)
-    model, tokenizer, _ = load_base_model(args.base)
+    model, tokenizer, _ = load_base_model(args.base, dtype=resolve_dtype(args.dtype))
     name = getattr(args, "served_model_name", None) or public_id(args.base) or EMBEDDED_DEFAULT
     return Service(model, tokenizer, base_name=name, store=store, **options)
 
