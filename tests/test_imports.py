@@ -5,6 +5,7 @@ Each case runs in a fresh interpreter: what a process has imported is the thing 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(code: str) -> str:
+    """``code`` in a fresh interpreter without the startup hook (tests/test_autoload.py covers it), so that what the
+    code imports is all that is imported."""
+    environment = {**os.environ, "PEFT_EXT_AUTOLOAD": "0"}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=None, timeout=300
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=environment, timeout=300
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
