@@ -1,6 +1,7 @@
 """Serving in a lower precision: the exactness contract holds per dtype. With the base model in bfloat16, every row of
-a mixed, continuously batched run (input-level prompts, a deep prompt, the bare base) is token-identical to the same
-request run alone in bfloat16, and echoed logprobs are those of that model's own forward."""
+a mixed, continuously batched run (input-level prompts, a deep prompt, the bare base) is bit-identical to the same
+request sent alone to a bfloat16 server (tokens and logprobs), and alone it answers as the bfloat16 model's own
+generate."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from serving_testutils import make_serving_tokenizer, prompt_tensor, reference
 from tiny_models import make_model
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peft_ext import SoftPromptConfig
 from peft_ext.base_models import resolve_dtype
