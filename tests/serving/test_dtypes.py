@@ -15,7 +15,7 @@ from tiny_models import make_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peft_ext import SoftPromptConfig
-from peft_ext.base_models import resolve_dtype
+from peft_ext.base_models import load_base_model, resolve_dtype
 from peft_ext.errors import InvalidConfigError
 from peft_ext.serving.sampling import SamplingParams
 from peft_ext.serving.service import Service
@@ -26,7 +26,10 @@ MAX_TOKENS = 12
 
 
 def bfloat16_service(deep: Path) -> Service:
-    service = Service(make_model("llama").to(torch.bfloat16), make_serving_tokenizer(), base_name="tiny")
+    """The tiny Llama loaded in bfloat16 as ``peft-ext serve --dtype bfloat16`` loads a base (its rotary frequencies
+    stay float32), with two input-level prompts and a deep one."""
+    model, _, _ = load_base_model(str(deep.parent / "base"), dtype=torch.bfloat16, show_progress=False)
+    service = Service(model, make_serving_tokenizer(), base_name="tiny")
     service.add("p0", prompt_tensor(0, length=3))
     service.add("p1", prompt_tensor(1, length=6))
     service.add("deep", deep)
@@ -38,6 +41,8 @@ def deep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = SoftPromptConfig(task_type="CAUSAL_LM", placement="deep", num_virtual_tokens=3, init="vocab", init_seed=4)
     folder = Path(tmp_path_factory.mktemp("dtypes")) / "deep"
     get_peft_model(make_model("llama"), config).save_pretrained(folder)  # trained in float32, served in bfloat16
+    make_model("llama").save_pretrained(folder.parent / "base")
+    make_serving_tokenizer().save_pretrained(folder.parent / "base")
     return folder
 
 

@@ -79,6 +79,33 @@ def test_generate_prints_one_completion_per_text(
     assert capsys.readouterr().out.split() == _expected(prompt_tensor(101, length=5), TEXTS[:1], 4)[0]
 
 
+def test_generate_in_bfloat16_answers_as_the_bfloat16_model(
+    base_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dtype bfloat16 loads the base in bfloat16: the answers are the bfloat16 model's own greedy tokens (with the
+    attention kernel the server uses in half precision), and a float32 run's differ somewhere."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from peft_ext.base_models import load_base_model
+
+    prompt = prompt_tensor(7, length=3)
+    adapter = save_prompt(tmp_path / "adapter", prompt)
+    argv = ["generate", "--base", str(base_folder), "--prompt", str(adapter), "--max-tokens", "24", *TEXTS]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    model, tokenizer, _ = load_base_model(str(base_folder), dtype=torch.bfloat16)  # as the command loads it
+    assert model.dtype == torch.bfloat16
+    served = MultiPromptModel(model, tokenizer)
+    served.add("p", prompt)
+    expected = []
+    for text in TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        with sdpa_kernel(SDPBackend.MATH):
+            new = served.generate(torch.tensor([ids]), ["p"], max_new_tokens=24, do_sample=False, pad_token_id=0)
+        expected.append(words(tokenizer, new[0, len(ids) :].tolist()))
+    assert printed == expected and printed != _expected(prompt, TEXTS, 24)
+
+
 def test_user_errors_are_one_line(base_folder: Path, tmp_path: Path, store: Any, capsys: Any) -> None:
     base = ["--base", str(base_folder)]
     taken = bind("127.0.0.1", 0)
