@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,31 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def prompt_texts(count: int, distinct: bool = False) -> list[str]:
+    """The first ``count`` packaged quotes, cut to 100 characters (7 to 23 tokens for SmolLM2's tokenizer).
+
+    The list repeats itself from its 43rd quote on (49 distinct in 325): ``distinct=True`` refuses a ``count`` that
+    would repeat a prompt, for benchmarks where a repeated prompt could be answered from a cache.
+    """
+    quotes = json.loads(files("inspiring_quotes").joinpath("quotes_list.json").read_text(encoding="utf-8"))
+    texts = [item["quote"][:100] for item in quotes[:count]]
+    if distinct and len(set(texts)) < count:
+        first = next(i for i, text in enumerate(texts) if text in texts[:i])
+        raise SystemExit(f"Only the first {first} packaged prompts are distinct: ask for at most {first}.")
+    return texts
+
+
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     import peft
     import transformers
@@ -49,6 +75,7 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "cpu_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "load_average_1_5_15": list(os.getloadavg()),
     }
 

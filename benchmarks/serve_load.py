@@ -10,25 +10,33 @@ Three servers on the embedded default model, each behind the same OpenAI Complet
 Load levels are fractions of (a)'s measured capacity: light (0.2x), half (0.5x) and saturation (1.5x). Reported per
 server and level: throughput (generated tokens/s), p50/p99 latency and time to first token; ratios in JSON. A
 script, not a timed test: its figures depend on the machine; only the ratios, measured side by side, mean much.
+
+Then a closed loop against llama.cpp (``--closed-loop-only`` runs it alone): 16 client streams, each sending its next
+request as soon as its last one ends, greedy, over distinct prompts; generated tokens/s of (a), (c), and llama.cpp's
+own server (the ``xllamacpp`` wheel, in process, 16 slots, continuous batching) on the shipped Q4_1 GGUF and on an F32
+GGUF of exactly our weights (benchmarks/llamacpp.py). One subprocess per thread count (``--threads 1,2``: torch's and
+llama.cpp's), the contenders alternating in every round, medians of the rounds; ratios in JSON. Without xllamacpp
+(``pip install --only-binary=:all: xllamacpp``) the llama.cpp contenders are left out and the run says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from importlib.resources import files
 from typing import Any
 
 import httpx
 import torch
-from common import figure, write_result
+from common import figure, median, prompt_texts, write_result
 from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import use_exact_generate
@@ -39,11 +47,7 @@ from peft_ext.serving.service import Service
 PROMPTS, PROMPT_TOKENS = 16, 20
 MAX_TOKENS = 64  # --max-tokens; module-level so the load generator's process reads the same value
 LEVELS = {"light": 0.2, "half": 0.5, "saturation": 1.5}
-
-
-def texts(count: int) -> list[str]:
-    quotes = json.loads(files("inspiring_quotes").joinpath("quotes_list.json").read_text(encoding="utf-8"))
-    return [item["quote"][:100] for item in quotes[:count]]
+CONCURRENCY = 16  # the closed loop's client streams
 
 
 def prompt_tensors(base: Any) -> dict[str, torch.Tensor]:
@@ -62,6 +66,16 @@ def start(app_server: Any) -> Any:
     while not app_server.started:
         time.sleep(0.05)
     return thread
+
+
+def start_ours(base: Any, tokenizer: Any, prompts: dict[str, torch.Tensor]) -> Server:
+    """(a) and (c): our server on a free port, the base served as ``base`` and every prompt under its name."""
+    service = Service(base, tokenizer, base_name="base", max_running=32, max_queued=1024)
+    for name, tensor in prompts.items():
+        service.add(name, tensor)
+    server = Server(service, bind("127.0.0.1", 0), log_level="warning", access_log=False)
+    start(server)
+    return server
 
 
 def stock_app(tokenizer: Any, prompts: dict[str, torch.Tensor]) -> Any:
@@ -129,18 +143,21 @@ class StockServer:
         self._server.should_exit = True
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, text: str) -> dict[str, float]:
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, text: str, max_tokens: int | None = None
+) -> dict[str, float]:
+    """One streamed greedy completion: latency, time to first token, generated and prompt tokens (from usage)."""
     body = {
         "model": model,
         "prompt": text,
-        "max_tokens": MAX_TOKENS,
+        "max_tokens": max_tokens or MAX_TOKENS,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
     first = None
-    tokens = 0
+    tokens = prompt_tokens = 0
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -149,16 +166,18 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, text: str
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+                prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
             elif chunk["choices"] and chunk["choices"][0].get("text") and first is None:
                 first = time.perf_counter()
     end = time.perf_counter()
-    return {"latency": end - start, "ttft": (first or end) - start, "end": end, "start": start, "tokens": tokens}
+    timing = {"latency": end - start, "ttft": (first or end) - start, "end": end, "start": start}
+    return {**timing, "tokens": tokens, "prompt_tokens": prompt_tokens}
 
 
 async def open_loop(url: str, models: list[str], rate: float, count: int, seed: int) -> dict[str, Any]:
     """``count`` requests at Poisson arrivals of ``rate`` per second; each streams its completion."""
     rng = random.Random(seed)
-    prompts = texts(count)
+    prompts = prompt_texts(count)
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         tasks = []
@@ -179,22 +198,53 @@ async def open_loop(url: str, models: list[str], rate: float, count: int, seed: 
     }
 
 
+async def closed_loop(url: str, models: list[str], count: int, concurrency: int) -> dict[str, Any]:
+    """``count`` distinct prompts through ``concurrency`` client streams, each sending its next request as soon as
+    its last one ends; request ``i`` names ``models[i % len(models)]``."""
+    prompts = prompt_texts(count, distinct=True)
+    queue = iter(range(count))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+
+        async def stream() -> list[dict[str, float]]:
+            return [await one_request(client, url, models[i % len(models)], prompts[i]) for i in queue]
+
+        begin = time.perf_counter()
+        results = [r for done in await asyncio.gather(*(stream() for _ in range(concurrency))) for r in done]
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "requests": count,
+        "concurrency": concurrency,
+        "tokens": tokens,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in results),
+        "throughput_tokens_per_s": tokens / (max(r["end"] for r in results) - begin),
+        "latency_p50_s": _percentile([r["latency"] for r in results], 50),
+        "ttft_p50_s": _percentile([r["ttft"] for r in results], 50),
+    }
+
+
 def _percentile(values: list[float], q: int) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def drive(url: str, models: list[str], rate: float, count: int, seed: int) -> dict[str, Any]:
-    """Run the load generator in its own process, so its parsing never competes with the servers for the GIL."""
+def drive(
+    url: str, models: list[str], rate: float, count: int, seed: int, concurrency: int = 0, max_tokens: int = 0
+) -> dict[str, Any]:
+    """Run the load generator in its own process, so its parsing never competes with the servers for the GIL.
+
+    Open loop at ``rate`` requests/s, or with ``concurrency`` a closed loop of that many client streams.
+    """
     command = [sys.executable, __file__, "--drive", url, "--models", ",".join(models)]
-    command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed), "--max-tokens", str(MAX_TOKENS)]
+    command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed)]
+    command += ["--concurrency", str(concurrency), "--max-tokens", str(max_tokens or MAX_TOKENS)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 async def unloaded(url: str, model: str, count: int = 5) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
-        results = [await one_request(client, url, model, text) for text in texts(count)]
+        results = [await one_request(client, url, model, text) for text in prompt_texts(count)]
     return {
         "ttft_s": statistics.median(r["ttft"] for r in results),
         "latency_s": statistics.median(r["latency"] for r in results),
@@ -207,30 +257,12 @@ def capacity(url: str, models: list[str], concurrency: int = 32) -> float:
     return result["throughput_tokens_per_s"] / MAX_TOKENS
 
 
-def main() -> None:
-    global MAX_TOKENS
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=64, help="requests per load level (default 64)")
-    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="tokens generated per request (default 64)")
-    parser.add_argument("--drive", help=argparse.SUPPRESS)  # the load generator's own process: URL
-    parser.add_argument("--models", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    MAX_TOKENS = args.max_tokens
-    if args.drive:
-        print(json.dumps(asyncio.run(open_loop(args.drive, args.models.split(","), args.rate, args.count, args.seed))))
-        return
-
+def open_loop_levels(requests: int) -> dict[str, Any]:
+    """Servers (a), (b) and (c) under open-loop load at each level, with the ratios and figures of the issue."""
     base, tokenizer, _ = load_base_model(show_progress=False)
     prompts = prompt_tensors(base)
-    service = Service(base, tokenizer, base_name="base", max_running=32, max_queued=1024)
-    for name, tensor in prompts.items():
-        service.add(name, tensor)
-    ours = Server(service, bind("127.0.0.1", 0), log_level="warning", access_log=False)
+    ours = start_ours(base, tokenizer, prompts)
     stock = StockServer(stock_app(tokenizer, prompts))
-    start(ours)
     start(stock)
     names = list(prompts)
 
@@ -240,7 +272,7 @@ def main() -> None:
             "prompts": PROMPTS,
             "prompt_tokens": PROMPT_TOKENS,
             "max_tokens": MAX_TOKENS,
-            "requests": args.requests,
+            "requests": requests,
         },
         "capacity_requests_per_s": per_request_rate,
         "unloaded": {
@@ -253,10 +285,10 @@ def main() -> None:
     for level, fraction in LEVELS.items():
         rate = fraction * per_request_rate
         result["levels"][level] = {
-            "ours": drive(ours.url, names, rate, args.requests, seed=2),
-            "bare_base": drive(ours.url, ["base"], rate, args.requests, seed=2),
+            "ours": drive(ours.url, names, rate, requests, seed=2),
+            "bare_base": drive(ours.url, ["base"], rate, requests, seed=2),
             # one request at a time: 32 are enough to measure it, and more would take minutes per level
-            "stock_peft": drive(stock.url, names, rate, min(args.requests, 32), seed=2),
+            "stock_peft": drive(stock.url, names, rate, min(requests, 32), seed=2),
         }
         print(level, json.dumps(result["levels"][level], indent=1))
     saturation = result["levels"]["saturation"]
@@ -299,7 +331,114 @@ def main() -> None:
     ]
     ours.stop()
     stock.stop()
-    write_result("serve_load" if MAX_TOKENS == 64 else f"serve_load_max_tokens_{MAX_TOKENS}", result)
+    return result
+
+
+def closed_loop_worker(threads: int, rounds: int, count: int) -> dict[str, Any]:
+    """The closed loop at one thread count, in this (fresh) process: every contender in turn in each round."""
+    import llamacpp
+
+    torch.set_num_threads(threads)  # before any server thread starts: each takes torch's setting on first use
+    load_before = list(os.getloadavg())
+    base, tokenizer, _ = load_base_model(show_progress=False)
+    prompts = prompt_tensors(base)
+    ours = start_ours(base, tokenizer, prompts)
+    contenders = {"ours": (ours.url, list(prompts)), "bare_base": (ours.url, ["base"])}
+    with contextlib.ExitStack() as servers:
+        if llamacpp.available():
+            for name, path in (("llama_cpp_f32", llamacpp.f32_gguf()), ("llama_cpp_q4_1", llamacpp.shipped_gguf())):
+                server = llamacpp.llama_server(path, threads, parallel=CONCURRENCY, slot_context=128 + MAX_TOKENS)
+                contenders[name] = (servers.enter_context(server), [name])
+        for url, models in contenders.values():  # warm-up: one short request per stream
+            drive(url, models, 0.0, CONCURRENCY, seed=0, concurrency=CONCURRENCY, max_tokens=8)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+        for round_ in range(rounds):
+            for name, (url, models) in contenders.items():
+                runs[name].append(drive(url, models, 0.0, count, seed=0, concurrency=CONCURRENCY))
+                print(f"threads {threads} round {round_ + 1}: {name} {runs[name][-1]}", file=sys.stderr, flush=True)
+    ours.stop()
+    throughput = {name: median([r["throughput_tokens_per_s"] for r in done]) for name, done in runs.items()}
+    ratios = {"ours_vs_bare_base": throughput["ours"] / throughput["bare_base"]}
+    for llama in (name for name in throughput if name.startswith("llama_cpp")):
+        for name in ("ours", "bare_base"):
+            ratios[f"{name}_vs_{llama}"] = throughput[name] / throughput[llama]
+    return {
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "llama_cpp": llamacpp.llama_settings(threads, CONCURRENCY) if llamacpp.available() else None,
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "median_throughput_tokens_per_s": throughput,
+        "ratios": ratios,
+        "runs": runs,
+    }
+
+
+def closed_loop_run(threads: list[int], rounds: int, count: int) -> dict[str, Any]:
+    """The closed loop at each thread count, each in its own process so that thread settings never mix."""
+    import llamacpp
+
+    if llamacpp.available():
+        llamacpp.f32_gguf()  # written once, before any timing
+    else:
+        print(f"llama.cpp contenders left out: {llamacpp.INSTALL}", file=sys.stderr)
+    result: dict[str, Any] = {
+        "setup": {"concurrency": CONCURRENCY, "requests": count, "rounds": rounds, "max_tokens": MAX_TOKENS},
+    }
+    for thread_count in threads:
+        command = [sys.executable, __file__, "--closed-loop-worker", "--threads", str(thread_count)]
+        command += ["--rounds", str(rounds), "--closed-requests", str(count), "--max-tokens", str(MAX_TOKENS)]
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        result[f"threads_{thread_count}"] = json.loads(out.strip().splitlines()[-1])
+        worker = result[f"threads_{thread_count}"]
+        print(f"closed loop, {thread_count} thread(s):", json.dumps(worker["median_throughput_tokens_per_s"]))
+        print(f"closed loop, {thread_count} thread(s) ratios:", json.dumps(worker["ratios"]))
+    return result
+
+
+def main() -> None:
+    global MAX_TOKENS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=64, help="requests per load level (default 64)")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="tokens generated per request (default 64)")
+    parser.add_argument("--closed-loop-only", action="store_true", help="run only the closed loop against llama.cpp")
+    parser.add_argument(
+        "--closed-requests", type=int, default=32, help="requests per closed-loop run, at most 42 (default 32)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds, contenders alternating (default 3)")
+    parser.add_argument("--threads", default="1,2", help="closed-loop thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--closed-loop-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--drive", help=argparse.SUPPRESS)  # the load generator's own process: URL
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=0, help=argparse.SUPPRESS)  # 0: open loop
+    args = parser.parse_args()
+    MAX_TOKENS = args.max_tokens
+    if args.drive:
+        models = args.models.split(",")
+        if args.concurrency:
+            load = asyncio.run(closed_loop(args.drive, models, args.count, args.concurrency))
+        else:
+            load = asyncio.run(open_loop(args.drive, models, args.rate, args.count, args.seed))
+        print(json.dumps(load))
+        return
+    threads = [int(n) for n in args.threads.split(",")]
+    if args.closed_loop_worker:
+        print(json.dumps(closed_loop_worker(threads[0], args.rounds, args.closed_requests)))
+        return
+
+    prompt_texts(args.closed_requests, distinct=True)  # refuse a count that repeats prompts before an hour of runs
+    load_before = list(os.getloadavg())
+    result = {} if args.closed_loop_only else open_loop_levels(args.requests)
+    result["closed_loop"] = closed_loop_run(threads, args.rounds, args.closed_requests)
+    result["load_average_before"] = load_before
+    for thread_count in threads:
+        for name, value in result["closed_loop"][f"threads_{thread_count}"]["ratios"].items():
+            result.setdefault("ratios", {})[f"closed_loop_threads_{thread_count}_{name}"] = value
+    name = "serve_load_closed_loop" if args.closed_loop_only else "serve_load"
+    write_result(name if MAX_TOKENS == 64 else f"{name}_max_tokens_{MAX_TOKENS}", result)
 
 
 if __name__ == "__main__":
