@@ -31,7 +31,7 @@ import torch
 from common import median, prompt_texts, write_result
 from serve_load import one_request, prompt_tensors, start_ours
 
-from peft_ext.base_models import load_base_model
+from peft_ext.base_models import load_base_model, resolve_dtype
 
 BASELINES = ("llama_cpp_f32", "llama_cpp_q4_1")
 
@@ -100,6 +100,12 @@ def worker(threads: int, count: int, max_tokens: int, rounds: int) -> dict[str, 
     model, tokenizer, _ = load_base_model(show_progress=False)
     soft_prompt = prompt_tensors(model)["task0"]
     ours = start_ours(model, tokenizer, {"task0": soft_prompt})
+    # --dtype auto: bfloat16 where the CPU computes in it (AVX-512 BF16 / AMX); the same server, the base in bfloat16
+    half = resolve_dtype("auto")
+    ours_half = None
+    if half != torch.float32:
+        half_model, _, _ = load_base_model(dtype=half, show_progress=False)
+        ours_half = start_ours(half_model, tokenizer, {"task0": soft_prompt})
     with contextlib.ExitStack() as servers:
         f32 = servers.enter_context(llamacpp.llama_server(llamacpp.f32_gguf(), threads))
         q4_1 = servers.enter_context(llamacpp.llama_server(llamacpp.shipped_gguf(), threads))
@@ -110,6 +116,9 @@ def worker(threads: int, count: int, max_tokens: int, rounds: int) -> dict[str, 
             "llama_cpp_f32": lambda text, n: http_request(f32, "f32", text, n),
             "llama_cpp_q4_1": lambda text, n: http_request(q4_1, "q4_1", text, n),
         }
+        if ours_half is not None:
+            url = ours_half.url
+            contenders["peft_ext_serve_base_bfloat16"] = lambda text, n: http_request(url, "base", text, n)
         for run in contenders.values():  # warm-up: one short request each
             run(texts[0], 8)
         rounds_: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
@@ -118,6 +127,8 @@ def worker(threads: int, count: int, max_tokens: int, rounds: int) -> dict[str, 
                 rounds_[name].append(summary([run(text, max_tokens) for text in texts]))
                 print(f"threads {threads} round {round_ + 1}: {name} {rounds_[name][-1]}", file=sys.stderr, flush=True)
     ours.stop()
+    if ours_half is not None:
+        ours_half.stop()
     tokens_per_s = {name: median([r["tokens_per_s"] for r in done]) for name, done in rounds_.items()}
     ttft = {name: median([r["ttft_s"] for r in done]) for name, done in rounds_.items()}
     ratios = {
