@@ -238,8 +238,10 @@ def drive(
     command = [sys.executable, __file__, "--drive", url, "--models", ",".join(models)]
     command += ["--rate", repr(rate), "--count", str(count), "--seed", str(seed)]
     command += ["--concurrency", str(concurrency), "--max-tokens", str(max_tokens or MAX_TOKENS)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the load generator failed on {models} at {url}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 async def unloaded(url: str, model: str, count: int = 5) -> dict[str, float]:
