@@ -48,6 +48,7 @@ class DecodeBatch:
             raise UnsupportedModelError("Continuous batching serves decoder-only models (the prompt KV is reused).")
         self.engine = engine
         self.in_place = _plain_layers(engine.model) if in_place is None else in_place
+        self._math_attention = engine.model.get_input_embeddings().weight.dtype in (torch.bfloat16, torch.float16)
         self.ids: list[Hashable] = []  # row order of the batch: row i lives in slot i of the buffers
         self._keys: list[torch.Tensor] = []  # per layer: [row slots, heads, columns, head_dim], left-padded
         self._values: list[torch.Tensor] = []
@@ -88,7 +89,7 @@ class DecodeBatch:
             raise InvalidRequestError("A row needs at least one input token.")
         device = self.engine.model.get_input_embeddings().weight.device
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
-        with _attention_kernels(self.engine.model):
+        with self._attention_kernels():
             return self.engine.cached_forward([prompt], ids, use_cache=use_cache)
 
     @torch.no_grad()
@@ -107,7 +108,7 @@ class DecodeBatch:
         else:  # the model appends the new token at column `length` for every row
             mask = torch.cat([self._mask[:rows, :length], self._mask.new_ones(rows, 1)], dim=1)
         try:
-            with _attention_kernels(model):
+            with self._attention_kernels():
                 output = model(
                     input_ids=torch.tensor(list(tokens), dtype=torch.long, device=device)[:, None],
                     attention_mask=mask,
@@ -138,6 +139,13 @@ class DecodeBatch:
                 self.ids[slot] = self.ids[last]
             self.ids.pop()
         self._length = int(self._seen[: len(self.ids)].max()) if self.ids else 0
+
+    def _attention_kernels(self) -> contextlib.AbstractContextManager[Any]:
+        """In half precision, attention without blocking (PyTorch's math kernel): the flash kernel's blocks depend on
+        the batch's length, so the masked columns after a shorter row would change its rounding; the math kernel's
+        softmax and products meet a row's own columns alike whatever follows them. Full precision keeps the fastest
+        kernel."""
+        return sdpa_kernel(SDPBackend.MATH) if self._math_attention else contextlib.nullcontext()
 
     # --- the buffers -------------------------------------------------------------------------------------------------
 
@@ -222,15 +230,6 @@ class _InPlaceLayer(DynamicLayer):
         self.keys = self._key_buffer[:rows, :, : length + 1]
         self.values = self._value_buffer[:rows, :, : length + 1]
         return self.keys, self.values
-
-
-def _attention_kernels(model: Any) -> contextlib.AbstractContextManager[Any]:
-    """In half precision, attention without blocking (PyTorch's math kernel): the flash kernel's blocks depend on the
-    batch's length, so the masked columns after a shorter row would change its rounding; the math kernel's softmax
-    and products meet a row's own columns alike whatever follows them. Full precision keeps the fastest kernel."""
-    if model.get_input_embeddings().weight.dtype in (torch.bfloat16, torch.float16):
-        return sdpa_kernel(SDPBackend.MATH)
-    return contextlib.nullcontext()
 
 
 def _plain_layers(model: Any) -> bool:

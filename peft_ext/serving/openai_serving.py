@@ -175,7 +175,7 @@ class _CompletionFormat(_Format):
         elif all(isinstance(item, str) for item in prompt):
             texts = list(prompt)
         else:
-            inputs = [service.token_ids(prompt)] if all(isinstance(i, int) for i in prompt) else prompt
+            inputs = [prompt] if all(isinstance(i, int) for i in prompt) else prompt
             ids = [service.token_ids(item) for item in inputs]
             if self.body.echo:
                 self.echoed = [service.decode(item) for item in ids]
