@@ -24,6 +24,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .base_ref import BaseModelRef
+from .engine.packed_linear import cpu_has_bf16
 from .errors import BaseModelLoadError, InvalidConfigError
 from .local_files import atomic_write, cache_root
 
@@ -57,18 +58,10 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     if name not in DTYPES:
         raise InvalidConfigError(f"Unknown dtype {name!r}: use float32, bfloat16, float16 or auto.")
     return DTYPES[name]
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:  # not Linux: keep float32
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def load_base_model(

@@ -11,7 +11,9 @@ import torch
 from tiny_models import make_model
 
 from peft_ext import MultiPromptModel
-from peft_ext.engine.decode_batch import SPARE_COLUMNS, SPARE_ROWS, DecodeBatch
+from peft_ext.engine.decode_batch import SPARE_COLUMNS, SPARE_ROWS, DecodeBatch, Joining
+from peft_ext.engine.packed_linear import pack_linears
+from peft_ext.errors import InvalidRequestError
 
 PROMPTS = {"a": 3, "b": 6}
 
@@ -81,3 +83,52 @@ def test_a_failed_step_leaves_the_batch_as_it_was(served: MultiPromptModel) -> N
     for _ in range(4):
         tokens.append(int(batch.step([tokens[-1]])[0].argmax()))
     assert tokens == alone(served, None, [5, 6, 7], 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_rows_prefilled_together_compute_what_each_does_alone(dtype: torch.dtype) -> None:
+    """``join_all``: rows of prompts of equal and different lengths, texts of different lengths, some wanting the
+    logits after every input token, prefilled together; each row's logits and its following steps are those of the
+    same rows joined one at a time (bit-identical in bfloat16, with the server's packed linears)."""
+    model = make_model("llama").to(dtype)
+    pack_linears(model)
+    served = MultiPromptModel(model)
+    for index, length in enumerate((3, 3, 6)):
+        served.add(f"p{index}", (torch.randn(length, 32, generator=torch.Generator().manual_seed(index)) * 0.5))
+    rng = random.Random(7)
+    rows = [
+        Joining(index, served.row_prompt(name) if name else None, [rng.randint(4, 60) for _ in range(length)], echo)
+        for index, (name, length, echo) in enumerate(
+            [("p0", 5, False), (None, 1, False), ("p1", 9, True), ("p2", 2, False), (None, 12, False), ("p0", 5, True)]
+            + [("p2", 7, False), ("p1", 1, False)]
+        )
+    ]
+    together, one_by_one = DecodeBatch(served.engine), DecodeBatch(served.engine)
+    joined = together.join_all(rows)
+    single = [one_by_one.join(row.row_id, row.prompt, row.input_ids, row.every_position) for row in rows]
+    assert together.ids == one_by_one.ids == [row.row_id for row in rows]
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # float32: within rounding (another summation order)
+        return torch.equal(a, b) if dtype == torch.bfloat16 else torch.allclose(a, b, atol=1e-5, rtol=0)
+
+    for row, mine, its_own in zip(rows, joined, single, strict=True):
+        assert mine.shape == its_own.shape == ((len(row.input_ids), 64) if row.every_position else (64,))
+        assert same(mine, its_own), row.row_id
+    tokens = [
+        int((logits[-1] if row.every_position else logits).argmax()) for row, logits in zip(rows, single, strict=True)
+    ]
+    for _ in range(3):
+        mine, its_own = together.step(tokens), one_by_one.step(tokens)
+        assert same(mine, its_own)
+        tokens = mine.argmax(-1).tolist()
+
+
+def test_prefilling_together_refuses_a_repeated_or_running_row(served: MultiPromptModel) -> None:
+    batch = DecodeBatch(served.engine)
+    batch.join("r", None, [5, 6])
+    for rows in ([Joining("r", None, [7])], [Joining("s", None, [7]), Joining("s", None, [8])]):
+        with pytest.raises(InvalidRequestError, match="already running, or repeats"):
+            batch.join_all(rows)
+    with pytest.raises(InvalidRequestError, match="at least one input token"):
+        batch.join_all([Joining("t", None, [])])
+    assert batch.ids == ["r"]

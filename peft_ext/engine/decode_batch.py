@@ -20,7 +20,9 @@ Models whose cache layers are not plain ``DynamicLayer`` (sliding windows) run t
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +36,17 @@ from .kv_cache import LayerKV
 
 SPARE_COLUMNS = 64  # columns allocated ahead: the buffers grow once per this many decoding steps
 SPARE_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A row to prefill: its id, its prompt (None: the bare model), its input tokens, and whether its logits after
+    every input token are wanted (else only the last, which predicts its next token)."""
+
+    row_id: Hashable
+    prompt: Prompt | None
+    input_ids: Sequence[int]
+    every_position: bool = False
 
 
 class DecodeBatch:
@@ -72,25 +85,68 @@ class DecodeBatch:
         """Prefill a row (``prompt`` before ``input_ids``) and add it; return its next-token logits ``[vocab]``, or
         with ``every_position`` the logits after each input token ``[len(input_ids), vocab]`` (the last one predicts
         the next token)."""
-        if row_id in self.ids:
-            raise InvalidRequestError(f"Row {row_id!r} is already running.")
-        output = self._prefill(prompt, input_ids, use_cache=True)
-        self._merge(row_id, _layers(output))
-        return output.logits[0] if every_position else output.logits[0, -1]
+        return self.join_all([Joining(row_id, prompt, input_ids, every_position)])[0]
+
+    @torch.no_grad()
+    def join_all(self, rows: Sequence[Joining]) -> list[torch.Tensor]:
+        """Prefill rows together and add them all, in order; return each one's logits as :meth:`join` does.
+
+        Rows whose prompts take the same number of columns run in one forward, each from column 0 with its text
+        followed by masked padding: the columns it has alone, so it computes what it would alone. If a forward fails,
+        no row joins (join them one at a time to find which one fails)."""
+        ids = [row.row_id for row in rows]
+        if len(set(ids)) < len(ids) or any(row_id in self.ids for row_id in ids):
+            raise InvalidRequestError(f"A row is already running, or repeats another's id: {ids!r}.")
+        groups: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            if not row.input_ids:
+                raise InvalidRequestError("A row needs at least one input token.")
+            groups.setdefault(self.engine.prompt_length(row.prompt), []).append(index)
+        prefilled: dict[int, tuple[LayerKV, torch.Tensor]] = {}  # row index: its keys/values (its columns), logits
+        for prompt_length, members in groups.items():
+            output, kept = self._prefill([rows[i] for i in members], use_cache=True)
+            for position, index in enumerate(members):
+                columns = prompt_length + len(rows[index].input_ids)
+                layers = [(k[position, :, :columns], v[position, :, :columns]) for k, v in _layers(output)]
+                prefilled[index] = layers, output.logits[position, kept[position]]
+        for index, row in enumerate(rows):
+            self._merge(row.row_id, prefilled[index][0])
+        return [prefilled[index][1] for index in range(len(rows))]
 
     @torch.no_grad()
     def score(self, prompt: Prompt | None, input_ids: Sequence[int]) -> torch.Tensor:
         """The logits after each input token ``[len(input_ids), vocab]`` of a row run alone that does not join (it has
         nothing to generate): what :meth:`join` with ``every_position`` gives, without keeping its keys/values."""
-        return self._prefill(prompt, input_ids, use_cache=False).logits[0]
-
-    def _prefill(self, prompt: Prompt | None, input_ids: Sequence[int], use_cache: bool) -> Any:
         if not input_ids:
             raise InvalidRequestError("A row needs at least one input token.")
+        output, kept = self._prefill([Joining(None, prompt, input_ids, every_position=True)], use_cache=False)
+        return output.logits[0, kept[0]]
+
+    def _prefill(self, rows: Sequence[Joining], use_cache: bool) -> tuple[Any, list[Any]]:
+        """One forward of rows whose prompts take the same columns, texts right-padded: the output, and per row the
+        index of its logits to keep (its last text token's; all of its text's with ``every_position``). The model
+        computes logits only at the positions some row keeps."""
         device = self.engine.model.get_input_embeddings().weight.device
-        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+        longest = max(len(row.input_ids) for row in rows)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row.input_ids)] = torch.tensor(list(row.input_ids), dtype=torch.long)
+            mask[i, : len(row.input_ids)] = 1
+        options: dict[str, Any] = {"use_cache": use_cache}
+        if any(row.every_position for row in rows):
+            kept: list[Any] = [
+                slice(0, len(row.input_ids)) if row.every_position else len(row.input_ids) - 1 for row in rows
+            ]
+        elif _keeps_logits(self.engine.model):
+            last = sorted({len(row.input_ids) - 1 for row in rows})
+            options["logits_to_keep"] = torch.tensor(last, device=device)
+            kept = [last.index(len(row.input_ids) - 1) for row in rows]
+        else:
+            kept = [len(row.input_ids) - 1 for row in rows]
         with self._attention_kernels():
-            return self.engine.cached_forward([prompt], ids, use_cache=use_cache)
+            output = self.engine.cached_forward([row.prompt for row in rows], ids, attention_mask=mask, **options)
+        return output, kept
 
     @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -150,18 +206,19 @@ class DecodeBatch:
     # --- the buffers -------------------------------------------------------------------------------------------------
 
     def _merge(self, row_id: Hashable, layers: LayerKV) -> None:
-        """Copy a prefilled row into the next free slot, from column 0 (what it holds alone)."""
-        new_length = int(layers[0][0].shape[2])
+        """Copy a prefilled row (per layer its keys and values ``[heads, columns, head_dim]``) into the next free
+        slot, from column 0 (what it holds alone)."""
+        new_length = int(layers[0][0].shape[1])
         if not self._keys:  # the first row: its layers give the buffers' shapes, dtype and device
-            self._keys = [k.new_zeros(0, k.shape[1], 0, k.shape[3]) for k, _ in layers]
-            self._values = [v.new_zeros(0, v.shape[1], 0, v.shape[3]) for _, v in layers]
+            self._keys = [k.new_zeros(0, k.shape[0], 0, k.shape[2]) for k, _ in layers]
+            self._values = [v.new_zeros(0, v.shape[0], 0, v.shape[2]) for _, v in layers]
             device = layers[0][0].device
             self._mask, self._seen = self._mask.to(device), self._seen.to(device)
         slot = len(self.ids)
         self._reserve(slot + 1, max(self._length, new_length) + 1)
         for (keys, values), key_buffer, value_buffer in zip(layers, self._keys, self._values, strict=True):
-            key_buffer[slot, :, :new_length] = keys[0]
-            value_buffer[slot, :, :new_length] = values[0]
+            key_buffer[slot, :, :new_length] = keys
+            value_buffer[slot, :, :new_length] = values
         self._mask[slot] = 0
         self._mask[slot, :new_length] = 1
         self._seen[slot] = new_length
@@ -235,6 +292,11 @@ class _InPlaceLayer(DynamicLayer):
 def _plain_layers(model: Any) -> bool:
     """Whether every layer of the model's ``DynamicCache`` is a plain ``DynamicLayer`` (no sliding window)."""
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward computes logits at chosen positions only (transformers' ``logits_to_keep``)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _capacity(needed: int, current: int, spare: int) -> int:

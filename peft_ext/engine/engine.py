@@ -166,6 +166,14 @@ class PromptEngine:
         mask, longest = prefix_mask([0 if kv is None else kv[0][0].shape[2] for kv in per_row], device)
         return (batch_cache(model, per_row, longest) if longest else None), mask, longest
 
+    def prompt_length(self, prompt: Prompt | None) -> int:
+        """How many key/value columns ``prompt`` takes before the text (0 for none); its cached keys/values tell
+        without counting as a use of the cache."""
+        if prompt is None:
+            return 0
+        cached = self.kv_cache.peek(prompt.key)
+        return prompt.num_tokens() if cached is None else int(cached[0][0].shape[2])
+
     # --- running -------------------------------------------------------------------------------------------------
 
     def forward(

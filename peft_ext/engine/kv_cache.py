@@ -71,6 +71,13 @@ class PromptKVCache:
         self._lock = threading.Lock()
         self._hits = self._misses = self._evictions = 0
 
+    def peek(self, key: Hashable | None) -> LayerKV | None:
+        """The prompt's cached keys/values, or None; not counted as a use (hits, misses and recency stay)."""
+        if key is None:
+            return None
+        with self._lock:
+            return self._entries.get(key)
+
     def get(self, key: Hashable | None, produce: Callable[[], LayerKV]) -> LayerKV:
         """The prompt's keys/values: cached under ``key``, else ``produce()`` (called only then)."""
         if key is not None:

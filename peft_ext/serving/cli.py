@@ -114,6 +114,7 @@ def _named_source(value: str) -> tuple[str, str]:
 def _service(args: argparse.Namespace, **options: Any) -> Any:
     from ..base_models import EMBEDDED_DEFAULT, load_base_model, resolve_dtype
     from ..base_ref import public_id
+    from ..engine.packed_linear import pack_linears
     from .service import Service
 
     if args.store == "hf":
@@ -127,6 +128,7 @@ def _service(args: argparse.Namespace, **options: Any) -> Any:
 
         store = LocalStore(args.root)
     model, tokenizer, _ = load_base_model(args.base, dtype=resolve_dtype(args.dtype))
+    pack_linears(model)  # the model is this command's own, for inference only
     name = getattr(args, "served_model_name", None) or public_id(args.base) or EMBEDDED_DEFAULT
     return Service(model, tokenizer, base_name=name, store=store, **options)
 

@@ -1,18 +1,19 @@
 """Continuous batching: one thread decodes every running request together, admitting and retiring rows each step.
 
 Requests wait in a bounded queue. At every step the scheduler retires finished and cancelled rows, prefills up to
-``admit_per_step`` waiting requests into the running :class:`~peft_ext.engine.decode_batch.DecodeBatch` (each new
-row is prefilled alone, the others wait one prefill, never a whole generation), then runs one decoding step for every
-row. Each request's prompt keys/values come from the model's prompt KV cache; each row's tokens are those of the
-request run alone.
+``admit_per_step`` waiting requests of at most ``prefill_tokens_per_step`` input tokens together (at least one) into
+the running :class:`~peft_ext.engine.decode_batch.DecodeBatch` (the running rows wait one prefill, never a whole
+generation), then runs one decoding step for every row. Each request's prompt keys/values come from the model's prompt
+KV cache; each row's tokens are those of the request run alone.
 
 Failure isolation is the scheduler's contract, not a list of cases:
 
 - everything about a request that can be refused (its sampling fields, its random generator, room in the queue) is
   checked in :meth:`Scheduler.submit`, before anything is queued: a request is queued whole or not at all;
 - what can fail for one request once it runs (its prefill, choosing or decoding its token, its text) ends that
-  request alone, with ``finish_reason`` "error"; a row enters the running batch and the scheduler's books together,
-  so no failure leaves one without the other;
+  request alone, with ``finish_reason`` "error" (a prefill of several requests that fails runs again one request at
+  a time, so that only the one that fails alone ends); a row enters the running batch and the scheduler's books
+  together, so no failure leaves one without the other;
 - a decoding step that fails for a reason no request explains (the model itself) ends every request with the reason,
   and the scheduler stops accepting: :meth:`Scheduler.health` says why (``/health`` answers 503) until restarted.
 
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..engine.decode_batch import DecodeBatch
+from ..engine.decode_batch import DecodeBatch, Joining
 from ..engine.engine import Prompt, PromptEngine
 from ..errors import InvalidRequestError, RequestTooLargeForServerError, ServerBusyError, ServerStoppingError
 from .sampling import SamplingParams, Token, choose, score
@@ -128,16 +129,20 @@ class Scheduler:
         eos_token_ids: Sequence[int] = (),
         max_running: int = 32,
         max_queued: int = 256,
-        admit_per_step: int = 4,
+        admit_per_step: int = 16,
+        prefill_tokens_per_step: int = 512,
         on_token: Callable[[Generation, Token], None] | None = None,
         on_finish: Callable[[Generation], None] | None = None,
         step_hook: Callable[[int], None] | None = None,
     ) -> None:
-        if max_running < 1 or max_queued < 0 or admit_per_step < 1:
-            raise InvalidRequestError("max_running and admit_per_step must be >= 1 and max_queued >= 0.")
+        if max_running < 1 or max_queued < 0 or admit_per_step < 1 or prefill_tokens_per_step < 1:
+            raise InvalidRequestError(
+                "max_running, admit_per_step and prefill_tokens_per_step must be >= 1 and max_queued >= 0."
+            )
         self.engine = engine
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
         self.max_running, self.max_queued, self.admit_per_step = max_running, max_queued, admit_per_step
+        self.prefill_tokens_per_step = prefill_tokens_per_step
         self._on_token, self._on_finish, self._step_hook = on_token, on_finish, step_hook
         self._waiting: collections.deque[Generation] = collections.deque()
         self._running: dict[Hashable, Generation] = {}  # exactly the rows of the batch
@@ -237,9 +242,7 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while (admitted := self._next_admissions()) is not None:
-                while admitted:  # each stays in the list until admitted: a failure of the loop still ends it
-                    self._admit(admitted[0])
-                    admitted.pop(0)
+                self._admit_all(admitted)
                 self._retire()
                 if self._batch.ids:
                     if self._step_hook is not None:
@@ -259,12 +262,40 @@ class Scheduler:
             if self._stopped and not self._waiting and not self._running:
                 return None
             admitted: list[Generation] = []
+            tokens = 0
             while self._waiting and len(self._running) + len(admitted) < self.max_running:
-                if len(admitted) == self.admit_per_step:
+                tokens += len(self._waiting[0].input_ids)
+                if len(admitted) == self.admit_per_step or (admitted and tokens > self.prefill_tokens_per_step):
                     break
                 admitted.append(self._waiting.popleft())
             self._admitting = admitted
             return admitted
+
+    def _admit_all(self, admitted: list[Generation]) -> None:
+        """Prefill the admitted requests into the batch together; if that fails, one at a time (see :meth:`_admit`).
+        Each stays in ``admitted`` until it is in the batch or ended: a failure of the loop itself still ends it."""
+        joining = [
+            g for g in admitted if not g.cancelled and not (g.params.prompt_logprobs and g.params.max_tokens == 0)
+        ]
+        if len(joining) > 1:
+            rows = [next(self._ids) for _ in joining]
+            try:
+                logits = self._batch.join_all(
+                    [
+                        Joining(row, g.prompt, g.input_ids, g.params.prompt_logprobs)
+                        for row, g in zip(rows, joining, strict=True)
+                    ]
+                )
+            except Exception:  # noqa: BLE001 - found out below, one request at a time
+                logger.info("Prefilling %d requests together failed; prefilling them one at a time", len(joining))
+                self._batch.leave([row for row in rows if row in self._batch.ids])
+            else:
+                for row, generation, row_logits in zip(rows, joining, logits, strict=True):
+                    self._joined(row, generation, row_logits)
+                    admitted.remove(generation)
+        while admitted:
+            self._admit(admitted[0])
+            admitted.pop(0)
 
     def _admit(self, generation: Generation) -> None:
         """Prefill one request into the batch (scoring its input tokens when asked); a failure ends that request
@@ -289,8 +320,13 @@ class Scheduler:
         if scored_only:
             self._finish(generation, "length")
             return
+        self._joined(row, generation, logits)
+
+    def _joined(self, row: int, generation: Generation, logits: torch.Tensor) -> None:
+        """Book a request whose row joined the batch, score its input if asked, and choose its first token."""
         with self._lock:
             self._running[row] = generation
+        params, input_ids = generation.params, generation.input_ids
         if params.prompt_logprobs:
             try:
                 generation.prompt_tokens = score(logits, input_ids, params)

@@ -73,6 +73,35 @@ def test_a_failing_prefill_ends_only_its_own_request(
     assert scheduler.alive
 
 
+def test_waiting_requests_are_prefilled_together_within_the_token_budget(served: MultiPromptModel, gate: Gate) -> None:
+    """Requests that wait while a step runs are prefilled in one forward at the next, up to ``admit_per_step``
+    requests of ``prefill_tokens_per_step`` input tokens (here 2 of 4 tokens per step); each answers as alone."""
+    prefills: list[tuple[int, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        ids = kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and ids.shape[1] > 1:  # decoding steps feed one token per row
+            prefills.append((int(ids.shape[0]), int(ids.shape[1])))
+
+    hook = served.engine.model.register_forward_pre_hook(record, with_kwargs=True)
+    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=gate, prefill_tokens_per_step=10)
+    try:
+        gate.close()
+        running = scheduler.submit(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=30, temperature=0.0))
+        wait_for(gate.waiting.is_set, "the first request to run")
+        waiting = [scheduler.submit(served.row_prompt("a"), INPUT, GREEDY) for _ in range(5)]
+        gate.open()
+        for generation in (running, *waiting):
+            wait_for(lambda g=generation: g.finish_reason, "every request to finish")
+    finally:
+        hook.remove()
+        scheduler.shutdown(drain=False)
+    assert prefills == [(1, 4), (2, 4), (2, 4), (1, 4)]
+    assert [t.id for t in running.tokens] == _alone(served, 30)
+    for generation in waiting:
+        assert [t.id for t in generation.tokens] == _alone(served, 8) and generation.finish_reason == "length"
+
+
 def test_a_failure_choosing_a_token_ends_only_that_row(
     served: MultiPromptModel, scheduler: Scheduler, gate: Gate
 ) -> None:
