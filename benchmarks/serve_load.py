@@ -41,6 +41,7 @@ from peft import PromptTuningConfig, get_peft_model
 
 from peft_ext import use_exact_generate
 from peft_ext.base_models import load_base_model
+from peft_ext.engine.packed_linear import pack_linears
 from peft_ext.serving.server import Server, bind
 from peft_ext.serving.service import Service
 
@@ -70,6 +71,7 @@ def start(app_server: Any) -> Any:
 
 def start_ours(base: Any, tokenizer: Any, prompts: dict[str, torch.Tensor]) -> Server:
     """(a) and (c): our server on a free port, the base served as ``base`` and every prompt under its name."""
+    pack_linears(base)  # as peft-ext serve does
     service = Service(base, tokenizer, base_name="base", max_running=32, max_queued=1024)
     for name, tensor in prompts.items():
         service.add(name, tensor)

@@ -1,7 +1,8 @@
 """One stream: tokens/s and time to first token of greedy completions, one request at a time, against llama.cpp.
 
 Contenders, on the embedded default (SmolLM2-135M-Instruct) in one process per thread count:
-  - ``peft-ext serve`` in process (streamed over HTTP on 127.0.0.1): the bare base, and with a 20-token soft prompt;
+  - ``peft-ext serve`` in process (streamed over HTTP on 127.0.0.1; its linears packed, as the command does): the
+    bare base, with a 20-token soft prompt, and the base in bfloat16 where the CPU computes in it;
   - transformers ``generate`` on the bare base (batch 1, no server);
   - llama.cpp's own server (the ``xllamacpp`` wheel, in process, one slot) on the shipped Q4_1 GGUF and on an F32
     GGUF of exactly our weights (benchmarks/llamacpp.py).
@@ -97,9 +98,9 @@ def worker(threads: int, count: int, max_tokens: int, rounds: int) -> dict[str, 
     torch.set_num_threads(threads)  # before any server thread starts: each takes torch's setting on first use
     load_before = list(os.getloadavg())
     texts = prompt_texts(count, distinct=True)
-    model, tokenizer, _ = load_base_model(show_progress=False)
+    model, tokenizer, _ = load_base_model(show_progress=False)  # transformers' generate runs it as loaded
     soft_prompt = prompt_tensors(model)["task0"]
-    ours = start_ours(model, tokenizer, {"task0": soft_prompt})
+    ours = start_ours(load_base_model(show_progress=False).model, tokenizer, {"task0": soft_prompt})
     # --dtype auto: bfloat16 where the CPU computes in it (AVX-512 BF16 / AMX); the same server, the base in bfloat16
     half = resolve_dtype("auto")
     ours_half = None

@@ -132,3 +132,60 @@ def test_prefilling_together_refuses_a_repeated_or_running_row(served: MultiProm
     with pytest.raises(InvalidRequestError, match="at least one input token"):
         batch.join_all([Joining("t", None, [])])
     assert batch.ids == ["r"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_rows_prefilled_in_chunks_compute_what_each_does_alone(dtype: torch.dtype) -> None:
+    """``prefill`` in chunks of 5 tokens: rows of different prompts and input lengths (some wanting every position's
+    logits) start at different calls and finish at different calls; each row's logits, and the steps after, are those
+    of the row prefilled alone in the same chunks (bit-identical in bfloat16), and within rounding those of one whole
+    prefill. A row forgotten mid-way leaves nothing behind."""
+    model = make_model("llama").to(dtype)
+    pack_linears(model)
+    served = MultiPromptModel(model)
+    for index, length in enumerate((3, 6)):
+        served.add(f"p{index}", (torch.randn(length, 32, generator=torch.Generator().manual_seed(index)) * 0.5))
+    rng = random.Random(3)
+    specs = [
+        ("p0", 12, False),
+        (None, 3, False),
+        ("p1", 23, True),
+        (None, 17, False),
+        ("p0", 5, False),
+        ("p1", 9, True),
+    ]
+    rows = [
+        Joining(index, served.row_prompt(name) if name else None, [rng.randint(4, 60) for _ in range(length)], echo)
+        for index, (name, length, echo) in enumerate(specs)
+    ]
+    together = DecodeBatch(served.engine)
+    together.prefill([Joining("gone", None, list(range(4, 20)))], chunk_tokens=5)
+    assert together.prefilling == ["gone"]
+    together.forget(["gone"])
+    got: dict[int, torch.Tensor] = {}
+    pending = rows[:3]
+    for call in range(6):
+        pending += rows[3:] if call == 1 else []  # the others start one call later
+        for row, logits in zip(pending, together.prefill(pending, chunk_tokens=5), strict=True):
+            if logits is not None:
+                got[row.row_id] = logits
+        pending = [row for row in pending if row.row_id not in got]
+    assert not pending and not together.prefilling and sorted(together.ids) == list(range(len(rows)))
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.equal(a, b) if dtype == torch.bfloat16 else torch.allclose(a, b, atol=1e-5, rtol=0)
+
+    one_by_one, whole = DecodeBatch(served.engine), DecodeBatch(served.engine)
+    by_id = {row.row_id: row for row in rows}
+    for row_id in together.ids:  # the order the rows joined
+        row = by_id[row_id]
+        while (alone := one_by_one.prefill([row], chunk_tokens=5)[0]) is None:
+            pass
+        assert same(got[row_id], alone), row_id
+        at_once = whole.join(row.row_id, row.prompt, row.input_ids, row.every_position)
+        assert torch.allclose(got[row_id].float(), at_once.float(), atol=1e-5 if dtype == torch.float32 else 0.1)
+    tokens = [int((got[i][-1] if by_id[i].every_position else got[i]).argmax()) for i in together.ids]
+    for _ in range(3):
+        mine, its_own = together.step(tokens), one_by_one.step(tokens)
+        assert same(mine, its_own)
+        tokens = mine.argmax(-1).tolist()

@@ -36,6 +36,7 @@ from .kv_cache import LayerKV
 
 SPARE_COLUMNS = 64  # columns allocated ahead: the buffers grow once per this many decoding steps
 SPARE_ROWS = 8
+CHUNK_TOKENS = 256  # input tokens of one row per prefill chunk (the server's default)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class Joining:
     prompt: Prompt | None
     input_ids: Sequence[int]
     every_position: bool = False
+
+
+@dataclass
+class _Partial:
+    """A row's prefill so far: per layer its keys/values ``[heads, columns, head_dim]``, their columns, its input
+    tokens done, and its logits kept so far."""
+
+    layers: LayerKV
+    columns: int
+    done: int
+    logits: list[torch.Tensor]
 
 
 class DecodeBatch:
@@ -69,6 +81,7 @@ class DecodeBatch:
         self._seen = torch.zeros(0, dtype=torch.long)  # per row slot: its keys/values (the next token's position)
         self._length = 0  # columns in use (the longest row, padding included); rows end at the same column
         self._cache: Any = None  # in place: the DynamicCache over the buffers, its layers writing in place
+        self._partial: dict[Hashable, _Partial] = {}  # rows prefilled in part, not in the batch yet
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -89,29 +102,60 @@ class DecodeBatch:
 
     @torch.no_grad()
     def join_all(self, rows: Sequence[Joining]) -> list[torch.Tensor]:
-        """Prefill rows together and add them all, in order; return each one's logits as :meth:`join` does.
+        """Prefill rows together and add them all, in order; return each one's logits as :meth:`join` does (see
+        :meth:`prefill`, here in one chunk per row)."""
+        logits = self.prefill(rows, chunk_tokens=max([1, *(len(row.input_ids) for row in rows)]))
+        return [row_logits for row_logits in logits if row_logits is not None]
 
-        Rows whose prompts take the same number of columns run in one forward, each from column 0 with its text
-        followed by masked padding: the columns it has alone, so it computes what it would alone. If a forward fails,
-        no row joins (join them one at a time to find which one fails)."""
+    @torch.no_grad()
+    def prefill(self, rows: Sequence[Joining], chunk_tokens: int = CHUNK_TOKENS) -> list[torch.Tensor | None]:
+        """Run the next chunk of each row's prefill, rows together: at most ``chunk_tokens`` of its input tokens,
+        after the chunks earlier calls ran. A row whose input is then done joins the batch (in order) and gets its
+        logits as :meth:`join` gives them; the others get None: call again with them (same ``chunk_tokens``), or
+        :meth:`forget` them.
+
+        Rows whose keys/values so far take the same number of columns run in one forward, each from column 0 with its
+        chunk followed by masked padding: the columns it has alone, so it computes what it would alone (a row's chunks
+        start at fixed multiples of ``chunk_tokens`` of its own input). If a forward fails, no row advances or joins
+        (run them one at a time to find which one fails)."""
         ids = [row.row_id for row in rows]
         if len(set(ids)) < len(ids) or any(row_id in self.ids for row_id in ids):
             raise InvalidRequestError(f"A row is already running, or repeats another's id: {ids!r}.")
-        groups: dict[int, list[int]] = {}
+        if chunk_tokens < 1:
+            raise InvalidRequestError(f"chunk_tokens must be at least 1, got {chunk_tokens}.")
+        groups: dict[tuple[int, bool], list[int]] = {}  # (columns so far, first chunk): the rows of one forward
         for index, row in enumerate(rows):
             if not row.input_ids:
                 raise InvalidRequestError("A row needs at least one input token.")
-            groups.setdefault(self.engine.prompt_length(row.prompt), []).append(index)
-        prefilled: dict[int, tuple[LayerKV, torch.Tensor]] = {}  # row index: its keys/values (its columns), logits
-        for prompt_length, members in groups.items():
-            output, kept = self._prefill([rows[i] for i in members], use_cache=True)
-            for position, index in enumerate(members):
-                columns = prompt_length + len(rows[index].input_ids)
-                layers = [(k[position, :, :columns], v[position, :, :columns]) for k, v in _layers(output)]
-                prefilled[index] = layers, output.logits[position, kept[position]]
-        for index, row in enumerate(rows):
-            self._merge(row.row_id, prefilled[index][0])
-        return [prefilled[index][1] for index in range(len(rows))]
+            partial = self._partial.get(row.row_id)
+            columns = self.engine.prompt_length(row.prompt) if partial is None else partial.columns
+            groups.setdefault((columns, partial is None), []).append(index)
+        advanced: dict[int, _Partial] = {}
+        for members in groups.values():
+            group = [rows[i] for i in members]
+            for index, partial in zip(members, self._forward_chunks(group, chunk_tokens), strict=True):
+                advanced[index] = partial
+        results: list[torch.Tensor | None] = []
+        for index, row in enumerate(rows):  # nothing above changed the batch: now it does, all or nothing failed
+            partial = advanced[index]
+            if partial.done < len(row.input_ids):
+                self._partial[row.row_id] = partial
+                results.append(None)
+                continue
+            self._partial.pop(row.row_id, None)
+            self._merge(row.row_id, partial.layers)
+            results.append(torch.cat(partial.logits) if row.every_position else partial.logits[-1])
+        return results
+
+    def forget(self, row_ids: Sequence[Hashable]) -> None:
+        """Drop what :meth:`prefill` kept of rows whose input is not done (rows that will not join)."""
+        for row_id in row_ids:
+            self._partial.pop(row_id, None)
+
+    @property
+    def prefilling(self) -> list[Hashable]:
+        """Rows prefilled in part (see :meth:`prefill`)."""
+        return list(self._partial)
 
     @torch.no_grad()
     def score(self, prompt: Prompt | None, input_ids: Sequence[int]) -> torch.Tensor:
@@ -119,34 +163,52 @@ class DecodeBatch:
         nothing to generate): what :meth:`join` with ``every_position`` gives, without keeping its keys/values."""
         if not input_ids:
             raise InvalidRequestError("A row needs at least one input token.")
-        output, kept = self._prefill([Joining(None, prompt, input_ids, every_position=True)], use_cache=False)
-        return output.logits[0, kept[0]]
+        row = Joining(None, prompt, input_ids, every_position=True)
+        (partial,) = self._forward_chunks([row], len(input_ids), use_cache=False)
+        return partial.logits[0]
 
-    def _prefill(self, rows: Sequence[Joining], use_cache: bool) -> tuple[Any, list[Any]]:
-        """One forward of rows whose prompts take the same columns, texts right-padded: the output, and per row the
-        index of its logits to keep (its last text token's; all of its text's with ``every_position``). The model
-        computes logits only at the positions some row keeps."""
-        device = self.engine.model.get_input_embeddings().weight.device
-        longest = max(len(row.input_ids) for row in rows)
+    def _forward_chunks(self, rows: Sequence[Joining], chunk_tokens: int, use_cache: bool = True) -> list[_Partial]:
+        """One forward of the next chunk of rows whose keys/values so far take the same columns, chunks
+        right-padded: each row's state after it. The model computes logits only at the positions some row keeps (the
+        chunk's last token where it ends the input; all of them with ``every_position``)."""
+        model = self.engine.model
+        device = model.get_input_embeddings().weight.device
+        before = [self._partial.get(row.row_id) for row in rows]
+        done = [0 if partial is None else partial.done for partial in before]
+        chunks = [list(row.input_ids[start : start + chunk_tokens]) for row, start in zip(rows, done, strict=True)]
+        longest = max(len(chunk) for chunk in chunks)
         ids = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row.input_ids)] = torch.tensor(list(row.input_ids), dtype=torch.long)
-            mask[i, : len(row.input_ids)] = 1
+        for i, chunk in enumerate(chunks):
+            ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
+            mask[i, : len(chunk)] = 1
+        last = [len(chunk) - 1 for chunk in chunks]
         options: dict[str, Any] = {"use_cache": use_cache}
-        if any(row.every_position for row in rows):
-            kept: list[Any] = [
-                slice(0, len(row.input_ids)) if row.every_position else len(row.input_ids) - 1 for row in rows
-            ]
-        elif _keeps_logits(self.engine.model):
-            last = sorted({len(row.input_ids) - 1 for row in rows})
-            options["logits_to_keep"] = torch.tensor(last, device=device)
-            kept = [last.index(len(row.input_ids) - 1) for row in rows]
+        if not any(row.every_position for row in rows) and _keeps_logits(model):
+            options["logits_to_keep"] = torch.tensor(sorted(set(last)), device=device)
+            kept = [sorted(set(last)).index(position) for position in last]
         else:
-            kept = [len(row.input_ids) - 1 for row in rows]
+            kept = last
         with self._attention_kernels():
-            output = self.engine.cached_forward([row.prompt for row in rows], ids, attention_mask=mask, **options)
-        return output, kept
+            if before[0] is None:  # the first chunks: after each row's prompt keys/values
+                output = self.engine.cached_forward([row.prompt for row in rows], ids, attention_mask=mask, **options)
+            else:  # later chunks: after each row's own keys/values so far
+                output = model(
+                    input_ids=ids,
+                    attention_mask=torch.cat([mask.new_ones(len(rows), before[0].columns), mask], dim=1),
+                    position_ids=before[0].columns + torch.arange(longest, device=device)[None].expand(len(rows), -1),
+                    **{cache_argument(model): _cache(model, [partial.layers for partial in before if partial])},
+                    **options,
+                )
+        layers = _layers(output) if use_cache else []
+        states = []
+        for i, (row, partial, chunk) in enumerate(zip(rows, before, chunks, strict=True)):
+            columns = (self.engine.prompt_length(row.prompt) if partial is None else partial.columns) + len(chunk)
+            logits = output.logits[i, : len(chunk)] if row.every_position else output.logits[i, kept[i]]
+            earlier = [] if partial is None or not row.every_position else partial.logits
+            row_layers = [(k[i, :, :columns], v[i, :, :columns]) for k, v in layers]
+            states.append(_Partial(row_layers, columns, done[i] + len(chunk), [*earlier, logits]))
+        return states
 
     @torch.no_grad()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -292,6 +354,16 @@ class _InPlaceLayer(DynamicLayer):
 def _plain_layers(model: Any) -> bool:
     """Whether every layer of the model's ``DynamicCache`` is a plain ``DynamicLayer`` (no sliding window)."""
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def _cache(model: Any, rows: Sequence[LayerKV]) -> Any:
+    """A ``DynamicCache`` holding these rows' keys/values (each row's of the same columns)."""
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(rows[0])):
+        keys = torch.stack([row[layer][0] for row in rows])
+        values = torch.stack([row[layer][1] for row in rows])
+        cache.update(keys, values, layer)
+    return cache
 
 
 def _keeps_logits(model: Any) -> bool:

@@ -1,9 +1,11 @@
 """Continuous batching: one thread decodes every running request together, admitting and retiring rows each step.
 
-Requests wait in a bounded queue. At every step the scheduler retires finished and cancelled rows, prefills up to
-``admit_per_step`` waiting requests of at most ``prefill_tokens_per_step`` input tokens together (at least one) into
-the running :class:`~peft_ext.engine.decode_batch.DecodeBatch` (the running rows wait one prefill, never a whole
-generation), then runs one decoding step for every row. Each request's prompt keys/values come from the model's prompt
+Requests wait in a bounded queue. At every step the scheduler retires finished and cancelled rows, admits up to
+``admit_per_step`` waiting requests, and prefills the admitted requests together into the running
+:class:`~peft_ext.engine.decode_batch.DecodeBatch`, each input in chunks of ``prefill_chunk_tokens``, the next chunk
+of every request not yet decoding at each step, about ``prefill_tokens_per_step`` tokens in all (new requests wait
+while the chunks under way fill it). So the running rows wait one chunk per step, never a whole long input nor a
+whole generation. Then it runs one decoding step for every row. Each request's prompt keys/values come from the model's prompt
 KV cache; each row's tokens are those of the request run alone.
 
 Failure isolation is the scheduler's contract, not a list of cases:
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..engine.decode_batch import DecodeBatch, Joining
+from ..engine.decode_batch import CHUNK_TOKENS, DecodeBatch, Joining
 from ..engine.engine import Prompt, PromptEngine
 from ..errors import InvalidRequestError, RequestTooLargeForServerError, ServerBusyError, ServerStoppingError
 from .sampling import SamplingParams, Token, choose, score
@@ -131,21 +133,23 @@ class Scheduler:
         max_queued: int = 256,
         admit_per_step: int = 16,
         prefill_tokens_per_step: int = 512,
+        prefill_chunk_tokens: int = CHUNK_TOKENS,
         on_token: Callable[[Generation, Token], None] | None = None,
         on_finish: Callable[[Generation], None] | None = None,
         step_hook: Callable[[int], None] | None = None,
     ) -> None:
-        if max_running < 1 or max_queued < 0 or admit_per_step < 1 or prefill_tokens_per_step < 1:
+        if min(max_running, admit_per_step, prefill_tokens_per_step, prefill_chunk_tokens) < 1 or max_queued < 0:
             raise InvalidRequestError(
-                "max_running, admit_per_step and prefill_tokens_per_step must be >= 1 and max_queued >= 0."
+                "max_running, admit_per_step, prefill_tokens_per_step and prefill_chunk_tokens must be >= 1 and "
+                "max_queued >= 0."
             )
         self.engine = engine
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
         self.max_running, self.max_queued, self.admit_per_step = max_running, max_queued, admit_per_step
-        self.prefill_tokens_per_step = prefill_tokens_per_step
+        self.prefill_tokens_per_step, self.prefill_chunk_tokens = prefill_tokens_per_step, prefill_chunk_tokens
         self._on_token, self._on_finish, self._step_hook = on_token, on_finish, step_hook
         self._waiting: collections.deque[Generation] = collections.deque()
-        self._running: dict[Hashable, Generation] = {}  # exactly the rows of the batch
+        self._running: dict[Hashable, Generation] = {}  # exactly the rows of the batch and those prefilled in part
         self._batch = DecodeBatch(engine)
         self._ids = itertools.count()
         self._lock = threading.Condition()
@@ -262,70 +266,76 @@ class Scheduler:
             if self._stopped and not self._waiting and not self._running:
                 return None
             admitted: list[Generation] = []
-            tokens = 0
+            chunk = self.prefill_chunk_tokens
+            continuing = [self._running[row] for row in self._batch.prefilling if row in self._running]
+            tokens = sum(min(chunk, len(g.input_ids)) for g in continuing)  # their next chunks run first
             while self._waiting and len(self._running) + len(admitted) < self.max_running:
-                tokens += len(self._waiting[0].input_ids)
-                if len(admitted) == self.admit_per_step or (admitted and tokens > self.prefill_tokens_per_step):
+                tokens += min(chunk, len(self._waiting[0].input_ids))
+                busy = admitted or continuing
+                if len(admitted) == self.admit_per_step or (busy and tokens > self.prefill_tokens_per_step):
                     break
                 admitted.append(self._waiting.popleft())
             self._admitting = admitted
             return admitted
 
     def _admit_all(self, admitted: list[Generation]) -> None:
-        """Prefill the admitted requests into the batch together; if that fails, one at a time (see :meth:`_admit`).
-        Each stays in ``admitted`` until it is in the batch or ended: a failure of the loop itself still ends it."""
-        joining = [
-            g for g in admitted if not g.cancelled and not (g.params.prompt_logprobs and g.params.max_tokens == 0)
-        ]
-        if len(joining) > 1:
-            rows = [next(self._ids) for _ in joining]
-            try:
-                logits = self._batch.join_all(
-                    [
-                        Joining(row, g.prompt, g.input_ids, g.params.prompt_logprobs)
-                        for row, g in zip(rows, joining, strict=True)
-                    ]
-                )
-            except Exception:  # noqa: BLE001 - found out below, one request at a time
-                logger.info("Prefilling %d requests together failed; prefilling them one at a time", len(joining))
-                self._batch.leave([row for row in rows if row in self._batch.ids])
-            else:
-                for row, generation, row_logits in zip(rows, joining, logits, strict=True):
-                    self._joined(row, generation, row_logits)
-                    admitted.remove(generation)
+        """Book the admitted requests as running, then run the next prefill chunk of every running request not yet
+        decoding, all together (one at a time if that fails, so that only a request whose own prefill fails ends).
+        A request whose input is then done joins the batch and gets its first token. Each admitted request stays in
+        ``admitted`` until booked or ended: a failure of the loop itself still ends it."""
         while admitted:
-            self._admit(admitted[0])
-            admitted.pop(0)
-
-    def _admit(self, generation: Generation) -> None:
-        """Prefill one request into the batch (scoring its input tokens when asked); a failure ends that request
-        alone (the batch is left as it was). A request that only scores its input (``max_tokens`` 0) ends at its
-        prefill without joining the batch."""
-        if generation.cancelled:
-            self._finish(generation, generation._cancel_reason)
-            return
-        row = next(self._ids)
-        scored_only = False
-        try:
-            params, input_ids = generation.params, generation.input_ids
-            if params.prompt_logprobs and params.max_tokens == 0:
-                logits = self._batch.score(generation.prompt, input_ids)
-                generation.prompt_tokens, scored_only = score(logits, input_ids, params), True
+            generation = admitted[0]
+            if generation.cancelled:
+                self._finish(generation, generation._cancel_reason)
+            elif generation.params.prompt_logprobs and generation.params.max_tokens == 0:
+                self._score_only(generation)
             else:
-                logits = self._batch.join(row, generation.prompt, input_ids, every_position=params.prompt_logprobs)
+                with self._lock:
+                    self._running[next(self._ids)] = generation
+            admitted.pop(0)
+        decoding = set(self._batch.ids)
+        rows = [
+            Joining(row, g.prompt, g.input_ids, g.params.prompt_logprobs)
+            for row, g in self._running.items()
+            if row not in decoding and g.finish_reason is None and not g.cancelled
+        ]
+        if not rows:
+            return
+        try:
+            results = self._batch.prefill(rows, self.prefill_chunk_tokens)
+        except Exception:  # noqa: BLE001 - found out below, one request at a time
+            logger.info("Prefilling %d requests together failed; prefilling them one at a time", len(rows))
+            self._batch.leave([row.row_id for row in rows if row.row_id in self._batch.ids])
+            results = [self._prefill_alone(row) for row in rows]
+        for row, logits in zip(rows, results, strict=True):
+            if logits is not None:
+                self._first_token(self._running[row.row_id], logits)
+
+    def _prefill_alone(self, row: Joining) -> torch.Tensor | None:
+        """The next prefill chunk of one request; a failure ends that request alone (it leaves at the next
+        retirement)."""
+        try:
+            return self._batch.prefill([row], self.prefill_chunk_tokens)[0]
         except Exception as error:
             logger.exception("Prefill failed; ending that request")
+            self._batch.forget([row.row_id])
+            generation = self._running[row.row_id]
+            generation.error, generation.finish_reason = _reason(error), "error"
+            return None
+
+    def _score_only(self, generation: Generation) -> None:
+        """A request that only scores its input (``max_tokens`` 0): one prefill that never joins the batch."""
+        try:
+            logits = self._batch.score(generation.prompt, generation.input_ids)
+            generation.prompt_tokens = score(logits, generation.input_ids, generation.params)
+        except Exception as error:
+            logger.exception("Scoring the input failed; ending that request")
             self._finish(generation, "error", error)
             return
-        if scored_only:
-            self._finish(generation, "length")
-            return
-        self._joined(row, generation, logits)
+        self._finish(generation, "length")
 
-    def _joined(self, row: int, generation: Generation, logits: torch.Tensor) -> None:
-        """Book a request whose row joined the batch, score its input if asked, and choose its first token."""
-        with self._lock:
-            self._running[row] = generation
+    def _first_token(self, generation: Generation, logits: torch.Tensor) -> None:
+        """A request whose row joined the batch: score its input if asked, and choose its first token."""
         params, input_ids = generation.params, generation.input_ids
         if params.prompt_logprobs:
             try:
@@ -378,6 +388,7 @@ class Scheduler:
         if not done:
             return
         self._batch.leave(done)
+        self._batch.forget(done)  # rows prefilled in part
         with self._lock:
             retired = [self._running.pop(row) for row in done]
         for generation in retired:

@@ -40,9 +40,11 @@ def scheduler(served: MultiPromptModel, gate: Gate) -> Iterator[Scheduler]:
     scheduler.shutdown(drain=False)
 
 
-def _alone(served: MultiPromptModel, max_tokens: int) -> list[int]:
-    output = served.generate(torch.tensor([INPUT]), ["a"], max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
-    return output[0, len(INPUT) :].tolist()
+def _alone(served: MultiPromptModel, max_tokens: int, input_ids: list[int] = INPUT) -> list[int]:
+    output = served.generate(
+        torch.tensor([input_ids]), ["a"], max_new_tokens=max_tokens, do_sample=False, pad_token_id=0
+    )
+    return output[0, len(input_ids) :].tolist()
 
 
 def _broken_prompt() -> Prompt:
@@ -100,6 +102,37 @@ def test_waiting_requests_are_prefilled_together_within_the_token_budget(served:
     assert [t.id for t in running.tokens] == _alone(served, 30)
     for generation in waiting:
         assert [t.id for t in generation.tokens] == _alone(served, 8) and generation.finish_reason == "length"
+
+
+def test_a_long_input_is_prefilled_in_chunks_between_decoding_steps(served: MultiPromptModel, gate: Gate) -> None:
+    """With chunks of 4 tokens, a 10-token input joining a running request runs as chunks of 4, 4 and 2 tokens, the
+    running request decoding a step between them; both answer as alone."""
+    long_input = [9, 4, 12, 6, 7, 8, 15, 5, 11, 6]
+    events: list[tuple[str, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        ids = kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            events.append(("prefill", int(ids.shape[1])) if ids.shape[1] > 1 else ("step", int(ids.shape[0])))
+
+    hook = served.engine.model.register_forward_pre_hook(record, with_kwargs=True)
+    scheduler = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=gate, prefill_chunk_tokens=4)
+    try:
+        gate.close()
+        running = scheduler.submit(served.row_prompt("a"), INPUT, SamplingParams(max_tokens=30, temperature=0.0))
+        wait_for(gate.waiting.is_set, "the first request to run")
+        long = scheduler.submit(served.row_prompt("a"), long_input, GREEDY)
+        gate.open()
+        for generation in (running, long):
+            wait_for(lambda g=generation: g.finish_reason, "every request to finish")
+    finally:
+        hook.remove()
+        scheduler.shutdown(drain=False)
+    chunks = [i for i, (kind, _) in enumerate(events) if kind == "prefill"][1:]  # the first is the running request's
+    assert [events[i][1] for i in chunks] == [4, 4, 2]
+    assert all(events[i + 1] == ("step", 1) for i in chunks[:-1])  # the running row decodes between chunks
+    assert [t.id for t in running.tokens] == _alone(served, 30)
+    assert [t.id for t in long.tokens] == _alone(served, 8, long_input) and long.finish_reason == "length"
 
 
 def test_a_failure_choosing_a_token_ends_only_that_row(
