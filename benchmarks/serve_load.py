@@ -406,6 +406,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per load level (default 64)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="tokens generated per request (default 64)")
     parser.add_argument("--closed-loop-only", action="store_true", help="run only the closed loop against llama.cpp")
+    parser.add_argument("--open-loop-only", action="store_true", help="run only the open-loop levels")
     parser.add_argument(
         "--closed-requests", type=int, default=32, help="requests per closed-loop run, at most 42 (default 32)"
     )
@@ -436,11 +437,13 @@ def main() -> None:
     prompt_texts(args.closed_requests, distinct=True)  # refuse a count that repeats prompts before an hour of runs
     load_before = list(os.getloadavg())
     result = {} if args.closed_loop_only else open_loop_levels(args.requests)
-    result["closed_loop"] = closed_loop_run(threads, args.rounds, args.closed_requests)
+    if not args.open_loop_only:
+        result["closed_loop"] = closed_loop_run(threads, args.rounds, args.closed_requests)
+        for thread_count in threads:
+            for name, value in result["closed_loop"][f"threads_{thread_count}"]["ratios"].items():
+                result.setdefault("ratios", {})[f"closed_loop_threads_{thread_count}_{name}"] = value
     result["load_average_before"] = load_before
-    for thread_count in threads:
-        for name, value in result["closed_loop"][f"threads_{thread_count}"]["ratios"].items():
-            result.setdefault("ratios", {})[f"closed_loop_threads_{thread_count}_{name}"] = value
+    result["torch_threads"] = torch.get_num_threads()
     name = "serve_load_closed_loop" if args.closed_loop_only else "serve_load"
     write_result(name if MAX_TOKENS == 64 else f"{name}_max_tokens_{MAX_TOKENS}", result)
 

@@ -5,8 +5,8 @@ Requests wait in a bounded queue. At every step the scheduler retires finished a
 :class:`~peft_ext.engine.decode_batch.DecodeBatch`, each input in chunks of ``prefill_chunk_tokens``, the next chunk
 of every request not yet decoding at each step, about ``prefill_tokens_per_step`` tokens in all (new requests wait
 while the chunks under way fill it). So the running rows wait one chunk per step, never a whole long input nor a
-whole generation. Then it runs one decoding step for every row. Each request's prompt keys/values come from the model's prompt
-KV cache; each row's tokens are those of the request run alone.
+whole generation. Then it runs one decoding step for every row. Each request's prompt keys/values come from the
+model's prompt KV cache; each row's tokens are those of the request run alone.
 
 Failure isolation is the scheduler's contract, not a list of cases:
 

@@ -65,7 +65,9 @@ class Service:
     trained on this very model (its :class:`peft_ext.base_ref.BaseModelRef`: what its loader recorded, and the
     fingerprints of its embeddings and tokenizer). ``max_running`` requests decode together; up to ``max_queued``
     more wait. ``step_hook`` is the scheduler's (see :class:`~.scheduler.Scheduler`); ``registry`` options go to
-    :class:`~.prompts.PromptRegistry` (its bounds and store-lookup timeout).
+    :class:`~.prompts.PromptRegistry` (its bounds and store-lookup timeout). On the CPU, pack the model's linear
+    layers first (:func:`peft_ext.engine.packed_linear.pack_linears`), as ``peft-ext serve`` does: the service leaves
+    the caller's model as it is.
     """
 
     def __init__(
