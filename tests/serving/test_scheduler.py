@@ -4,6 +4,7 @@ caller gives, a stop found by the caller costs no further step, and a dead decod
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -47,6 +48,18 @@ def _alone(served: MultiPromptModel, max_tokens: int, input_ids: list[int] = INP
     return output[0, len(input_ids) :].tolist()
 
 
+def _record_forwards(served: MultiPromptModel, forwards: list[tuple[int, int]]) -> Any:
+    """Note (rows, tokens) of every forward of the model fed ``input_ids`` (prefills and decoding steps), through a
+    public forward pre-hook; returns the hook's handle."""
+
+    def record(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        ids = kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            forwards.append((int(ids.shape[0]), int(ids.shape[1])))
+
+    return served.engine.model.register_forward_pre_hook(record, with_kwargs=True)
+
+
 def _broken_prompt() -> Prompt:
     def compute() -> torch.Tensor:
         raise RuntimeError("this prompt cannot be computed")
@@ -78,14 +91,8 @@ def test_a_failing_prefill_ends_only_its_own_request(
 def test_waiting_requests_are_prefilled_together_within_the_token_budget(served: MultiPromptModel, gate: Gate) -> None:
     """Requests that wait while a step runs are prefilled in one forward at the next, up to ``admit_per_step``
     requests of ``prefill_tokens_per_step`` input tokens (here 2 of 4 tokens per step); each answers as alone."""
-    prefills: list[tuple[int, int]] = []
-
-    def record(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-        ids = kwargs.get("input_ids")
-        if isinstance(ids, torch.Tensor) and ids.shape[1] > 1:  # decoding steps feed one token per row
-            prefills.append((int(ids.shape[0]), int(ids.shape[1])))
-
-    hook = served.engine.model.register_forward_pre_hook(record, with_kwargs=True)
+    forwards: list[tuple[int, int]] = []
+    hook = _record_forwards(served, forwards)
     scheduler = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=gate, prefill_tokens_per_step=10)
     try:
         gate.close()
@@ -98,7 +105,7 @@ def test_waiting_requests_are_prefilled_together_within_the_token_budget(served:
     finally:
         hook.remove()
         scheduler.shutdown(drain=False)
-    assert prefills == [(1, 4), (2, 4), (2, 4), (1, 4)]
+    assert [shape for shape in forwards if shape[1] > 1] == [(1, 4), (2, 4), (2, 4), (1, 4)]  # steps feed 1 token
     assert [t.id for t in running.tokens] == _alone(served, 30)
     for generation in waiting:
         assert [t.id for t in generation.tokens] == _alone(served, 8) and generation.finish_reason == "length"
@@ -108,14 +115,8 @@ def test_a_long_input_is_prefilled_in_chunks_between_decoding_steps(served: Mult
     """With chunks of 4 tokens, a 10-token input joining a running request runs as chunks of 4, 4 and 2 tokens, the
     running request decoding a step between them; both answer as alone."""
     long_input = [9, 4, 12, 6, 7, 8, 15, 5, 11, 6]
-    events: list[tuple[str, int]] = []
-
-    def record(module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-        ids = kwargs.get("input_ids")
-        if isinstance(ids, torch.Tensor):
-            events.append(("prefill", int(ids.shape[1])) if ids.shape[1] > 1 else ("step", int(ids.shape[0])))
-
-    hook = served.engine.model.register_forward_pre_hook(record, with_kwargs=True)
+    forwards: list[tuple[int, int]] = []
+    hook = _record_forwards(served, forwards)
     scheduler = Scheduler(served.engine, eos_token_ids=[EOS], step_hook=gate, prefill_chunk_tokens=4)
     try:
         gate.close()
@@ -128,6 +129,7 @@ def test_a_long_input_is_prefilled_in_chunks_between_decoding_steps(served: Mult
     finally:
         hook.remove()
         scheduler.shutdown(drain=False)
+    events = [("prefill", tokens) if tokens > 1 else ("step", rows) for rows, tokens in forwards]
     chunks = [i for i, (kind, _) in enumerate(events) if kind == "prefill"][1:]  # the first is the running request's
     assert [events[i][1] for i in chunks] == [4, 4, 2]
     assert all(events[i + 1] == ("step", 1) for i in chunks[:-1])  # the running row decodes between chunks
